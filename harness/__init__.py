@@ -1,0 +1,1 @@
+"""Integration harness for the x86 HPET-based NMI hardlockup detector."""

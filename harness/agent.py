@@ -1,0 +1,91 @@
+"""Talk to the guest agent over its own UART (a unix socket on the host).
+
+Requests are "<id> <command>"; replies are framed by "@@BEGIN <id>" and
+"@@END <id> <status>" with a fresh id per request, so neither stale output
+nor anything else on the line can be mistaken for a reply.
+"""
+import itertools
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pexpect.fdpexpect
+
+from harness.errors import GuestError
+
+
+@dataclass(frozen=True)
+class Reply:
+    command: str
+    status: int
+    output: str
+
+
+class Agent:
+    def __init__(self, sock_path: Path, transcript: Path):
+        self.sock_path = sock_path
+        self.transcript_path = transcript
+        self.sock: socket.socket | None = None
+        self.child = None
+        self._ids = itertools.count(1)
+
+    def connect(self, deadline: float) -> None:
+        """QEMU creates the socket when it starts; retry until it does."""
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.sock_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                if time.monotonic() >= deadline:
+                    raise GuestError(f"agent socket {self.sock_path} never appeared")
+                time.sleep(0.05)
+        self.sock = s
+        self._log = open(self.transcript_path, "a", encoding="utf-8", errors="replace")
+        self.child = pexpect.fdpexpect.fdspawn(s.fileno(), encoding="utf-8",
+                                               codec_errors="replace", logfile=self._log)
+
+    def wait_ready(self, deadline: float) -> None:
+        self._expect(re.escape("@@READY"), deadline, "agent ready banner")
+
+    def _expect(self, pattern: str, deadline: float, what: str):
+        timeout = max(0.0, deadline - time.monotonic())
+        try:
+            self.child.expect(pattern, timeout=timeout)
+        except pexpect.TIMEOUT:
+            raise GuestError(f"agent: no {what} within {timeout:.0f} s")
+        except pexpect.EOF:
+            raise GuestError(f"agent: channel closed while waiting for {what}")
+        return self.child.match
+
+    def run(self, command: str, timeout: float) -> Reply:
+        if "\n" in command:
+            raise ValueError("agent commands are single lines")
+        rid = f"r{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
+        self.child.send(f"{rid} {command}\n")
+        deadline = time.monotonic() + timeout
+        self._expect(rf"@@BEGIN {rid}\r?\n", deadline, f"reply to {command!r}")
+        m = self._expect(rf"@@END {rid} (\d+)\r?\n", deadline,
+                         f"end of reply to {command!r}")
+        output = self.child.before.replace("\r\n", "\n")
+        return Reply(command, int(m.group(1)), output)
+
+    def check(self, command: str, timeout: float) -> str:
+        """Run a command that must succeed; return its output."""
+        reply = self.run(command, timeout)
+        if reply.status != 0:
+            raise GuestError(f"guest command {command!r} failed with status "
+                             f"{reply.status}: {reply.output.strip()[-300:]}")
+        return reply.output
+
+    def close(self) -> None:
+        if self.sock:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+                self._log.close()

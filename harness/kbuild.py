@@ -1,0 +1,271 @@
+"""Build the guest kernel: source, patch series, config fragments, make.
+
+Builds are cached under the per-user cache directory, keyed by a hash of
+everything that goes into them, so an unchanged second run takes seconds.
+A build directory only counts as done once its stamp file is written last.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import kconfig
+from harness.errors import HarnessError
+from harness.paths import (DEBIAN_TARBALL, GUEST_DIR, KERNEL_CONFIG_DIR,
+                           PATCH_DIR, cache_dir)
+
+# Bump when the build recipe changes in a way the inputs don't show.
+RECIPE_VERSION = "1"
+
+BASE_FRAGMENTS = ("base.config", "lockup.config")
+DETECTOR_FRAGMENTS = {
+    "buddy": ("buddy.config",),
+}
+DEFAULT_DETECTOR = "buddy"
+EXTMOD_DIR = GUEST_DIR / "modules"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A built kernel and the modules built against it."""
+    build_dir: Path
+    bzimage: Path
+    vmlinux: Path
+    release: str
+    modules: dict          # module name -> .ko path
+    detector: str
+
+    @property
+    def config(self) -> Path:
+        return self.build_dir / ".config"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], log: Path | None = None, cwd: Path | None = None) -> None:
+    """Run a build command, printing it exactly; fail with one line."""
+    _log("+ " + " ".join(str(c) for c in cmd))
+    out = open(log, "ab") if log else None
+    try:
+        res = subprocess.run([str(c) for c in cmd], cwd=cwd, stdout=out or None,
+                             stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out:
+            out.close()
+    if res.returncode != 0:
+        where = f" (see {log})" if log else ""
+        raise HarnessError(f"command failed with exit {res.returncode}: "
+                           f"{' '.join(map(str, cmd))}{where}")
+
+
+def _hash_files(h, paths) -> None:
+    for p in paths:
+        h.update(str(p.name).encode() + b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+
+
+def series_patches() -> list[Path]:
+    """Patches named in kernel-config/patches/series, in order."""
+    series = PATCH_DIR / "series"
+    if not series.exists():
+        return []
+    patches = []
+    for line in series.read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        p = PATCH_DIR / name
+        if not p.is_file():
+            raise HarnessError(f"patch {name} listed in {series} does not exist")
+        patches.append(p)
+    return patches
+
+
+def fragments_for(detector: str) -> list[Path]:
+    if detector not in DETECTOR_FRAGMENTS:
+        raise HarnessError(f"unknown detector {detector!r}; known: "
+                           + ", ".join(sorted(DETECTOR_FRAGMENTS)))
+    names = BASE_FRAGMENTS + DETECTOR_FRAGMENTS[detector]
+    frags = [KERNEL_CONFIG_DIR / n for n in names]
+    for f in frags:
+        if not f.is_file():
+            raise HarnessError(f"config fragment {f} does not exist")
+    return frags
+
+
+def _extmod_files() -> list[Path]:
+    return sorted(p for p in EXTMOD_DIR.rglob("*")
+                  if p.is_file() and (p.suffix in (".c", ".h") or p.name == "Kbuild"))
+
+
+class _Lock:
+    """An exclusive lock on a cache entry, so parallel builds don't collide."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "w")
+
+    def __enter__(self):
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def ensure_debian_tarball() -> Path:
+    if not DEBIAN_TARBALL.is_file():
+        raise HarnessError(f"kernel source {DEBIAN_TARBALL} is missing: install "
+                           "Debian's linux-source-6.12 (make deps) or set KERNEL_SRC")
+    return DEBIAN_TARBALL
+
+
+def prepare_debian_source(patches: list[Path]) -> Path:
+    """Extract Debian's tarball once per (tarball, patch series) and patch it."""
+    tarball = ensure_debian_tarball()
+    st = tarball.stat()
+    h = hashlib.sha256(f"{tarball}:{st.st_size}:{st.st_mtime_ns}".encode())
+    _hash_files(h, patches)
+    key = h.hexdigest()[:16]
+    root = cache_dir() / "src"
+    final = root / key
+    with _Lock(root / f"{key}.lock"):
+        if (final / ".harness-source-ready").exists():
+            return final / "linux-source-6.12"
+        tmp = root / f"{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        run(["tar", "-xf", tarball, "-C", tmp])
+        src = tmp / "linux-source-6.12"
+        for p in patches:
+            run(["patch", "-p1", "--batch", "--forward", "--quiet", "-i", p], cwd=src)
+        (tmp / ".harness-source-ready").write_text("\n".join(p.name for p in patches))
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+    return final / "linux-source-6.12"
+
+
+def _source_identity(src: Path, user_tree: bool) -> str:
+    if not user_tree:
+        return str(src)
+    # A developer's tree changes under us; hash its HEAD and dirty diff if git.
+    try:
+        head = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout
+        diff = subprocess.run(["git", "-C", src, "diff", "HEAD"],
+                              capture_output=True, check=True).stdout
+        return f"{src.resolve()}:{head.strip()}:{hashlib.sha256(diff).hexdigest()}"
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return f"{src.resolve()}:no-git"
+
+
+def _read_stamp(key_dir: Path) -> Kernel | None:
+    stamp = key_dir / "kernel.json"
+    if not stamp.exists():
+        return None
+    d = json.loads(stamp.read_text())
+    return Kernel(build_dir=Path(d["build_dir"]), bzimage=Path(d["bzimage"]),
+                  vmlinux=Path(d["vmlinux"]), release=d["release"],
+                  modules={k: Path(v) for k, v in d["modules"].items()},
+                  detector=d["detector"])
+
+
+def kernel_key(detector: str = DEFAULT_DETECTOR,
+               kernel_src: str | None = None) -> tuple[str, Path, bool]:
+    """Return (cache key, source dir, user tree?) without building anything."""
+    user_tree = kernel_src is not None
+    if user_tree:
+        src = Path(kernel_src)
+        if not (src / "Makefile").is_file() or not (src / "Kconfig").is_file():
+            raise HarnessError(f"KERNEL_SRC={kernel_src} is not a kernel source tree")
+        patches: list[Path] = []   # a developer's tree is tested as it is
+    else:
+        patches = series_patches()
+        src = None
+    frags = fragments_for(detector)
+    h = hashlib.sha256(RECIPE_VERSION.encode())
+    _hash_files(h, patches + frags + _extmod_files())
+    if user_tree:
+        h.update(_source_identity(src, True).encode())
+    else:
+        st = ensure_debian_tarball().stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(detector.encode())
+    return h.hexdigest()[:16], src, user_tree
+
+
+def build_kernel(detector: str = DEFAULT_DETECTOR, kernel_src: str | None = None,
+                 jobs: int | None = None) -> Kernel:
+    key, src, user_tree = kernel_key(detector, kernel_src)
+    key_dir = cache_dir() / "kernels" / key
+    with _Lock(key_dir.parent / f"{key}.lock"):
+        cached = _read_stamp(key_dir)
+        if cached and cached.bzimage.exists():
+            _log(f"kernel: cached build {key_dir} ({cached.release}, {detector})")
+            return cached
+        if src is None:
+            src = prepare_debian_source(series_patches())
+        return _build(src, key_dir, detector, jobs or os.cpu_count() or 1)
+
+
+def configure(src: Path, build: Path, frags: list[Path], log: Path) -> None:
+    """allnoconfig + fragments, then check every fragment option survived."""
+    make = ["make", "-C", src, f"O={build}"]
+    run(make + ["allnoconfig"], log)
+    run([src / "scripts/kconfig/merge_config.sh", "-m", "-O", build,
+         build / ".config", *frags], log)
+    run(make + ["olddefconfig"], log)
+    kconfig.check_final_config(frags, build / ".config")
+
+
+def _build(src: Path, key_dir: Path, detector: str, jobs: int) -> Kernel:
+    build = key_dir / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    log = key_dir / "build.log"
+    frags = fragments_for(detector)
+    t0 = time.monotonic()
+    configure(src, build, frags, log)
+    run(["make", "-C", src, f"O={build}", f"-j{jobs}", "bzImage", "modules"], log)
+    modules = _build_extmods(build, key_dir, log)
+    for name, rel in (("test_lockup", "lib/test_lockup.ko"),
+                      ("lkdtm", "drivers/misc/lkdtm/lkdtm.ko")):
+        modules[name] = build / rel
+    release = (build / "include/config/kernel.release").read_text().strip()
+    kernel = Kernel(build_dir=build, bzimage=build / "arch/x86/boot/bzImage",
+                    vmlinux=build / "vmlinux", release=release, modules=modules,
+                    detector=detector)
+    for p in [kernel.bzimage, kernel.vmlinux, *modules.values()]:
+        if not p.exists():
+            raise HarnessError(f"build finished but {p} is missing (see {log})")
+    stamp = {"build_dir": str(build), "bzimage": str(kernel.bzimage),
+             "vmlinux": str(kernel.vmlinux), "release": release,
+             "modules": {k: str(v) for k, v in modules.items()},
+             "detector": detector, "build_seconds": round(time.monotonic() - t0, 1)}
+    tmp = key_dir / "kernel.json.tmp"
+    tmp.write_text(json.dumps(stamp, indent=1))
+    os.rename(tmp, key_dir / "kernel.json")
+    _log(f"kernel: built {release} in {stamp['build_seconds']} s -> {key_dir}")
+    return kernel
+
+
+def _build_extmods(build: Path, key_dir: Path, log: Path) -> dict:
+    """Build our guest modules out of tree, in the cache, not in the repo."""
+    modules = {}
+    for mod_src in sorted(d for d in EXTMOD_DIR.iterdir() if d.is_dir()):
+        dst = key_dir / "extmod" / mod_src.name
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(mod_src, dst)
+        run(["make", "-C", build, f"M={dst}", "modules"], log)
+        for ko in dst.glob("*.ko"):
+            modules[ko.stem] = ko
+    return modules

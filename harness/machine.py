@@ -1,0 +1,88 @@
+"""A guest machine spec and the QEMU command line it turns into."""
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+MAX_TCG_CPUS = 255   # without x2APIC (none under TCG 7.2), APIC IDs stop at 254
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    cpus: int = 2
+    sockets: int = 1
+    threads: int = 1
+    memory_mb: int = 512
+    iommu: bool = False            # -device intel-iommu,intremap=on
+    hpet: bool = True
+    hpet_msi: bool = False
+    hpet_timers: int = 3
+    watchdog_thresh: int = 2
+    hardlockup_panic: bool = False
+    nmi_watchdog: str | None = None     # e.g. "hpet", "0"; None = kernel default
+    cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self) -> "MachineSpec":
+        if not 1 <= self.cpus <= MAX_TCG_CPUS:
+            raise HarnessError(f"cpus={self.cpus}: must be 1..{MAX_TCG_CPUS}")
+        if self.sockets < 1 or self.threads < 1 or \
+                self.cpus % (self.sockets * self.threads):
+            raise HarnessError(f"cpus={self.cpus} cannot be split into "
+                               f"sockets={self.sockets} x threads={self.threads}")
+        if not 0 <= self.watchdog_thresh <= 60:
+            raise HarnessError(f"watchdog_thresh={self.watchdog_thresh}: must be 0..60")
+        if not 3 <= self.hpet_timers <= 32:
+            raise HarnessError(f"hpet_timers={self.hpet_timers}: must be 3..32")
+        if self.memory_mb < 128:
+            raise HarnessError(f"memory={self.memory_mb} MiB is too small (>= 128)")
+        return self
+
+    @property
+    def cores(self) -> int:
+        return self.cpus // (self.sockets * self.threads)
+
+    def label(self) -> str:
+        parts = [f"{self.cpus}cpu"]
+        if self.sockets > 1:
+            parts.append(f"{self.sockets}s")
+        parts.append("iommu" if self.iommu else "noiommu")
+        if self.hardlockup_panic:
+            parts.append("panic")
+        return "-".join(parts)
+
+    def with_(self, **kw) -> "MachineSpec":
+        return replace(self, **kw).validate()
+
+    def kernel_cmdline(self) -> str:
+        args = ["console=ttyS0,115200", "loglevel=7", "panic=-1",
+                f"watchdog_thresh={self.watchdog_thresh}",
+                f"sysctl.kernel.hardlockup_panic={int(self.hardlockup_panic)}"]
+        if self.nmi_watchdog is not None:
+            args.append(f"nmi_watchdog={self.nmi_watchdog}")
+        return " ".join(args + list(self.cmdline_extra))
+
+
+def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
+              console_log: Path, agent_sock: Path, qmp_sock: Path,
+              qemu: str = "qemu-system-x86_64") -> list[str]:
+    machine = f"q35,hpet={'on' if spec.hpet else 'off'}"
+    if spec.iommu and accel == "kvm":
+        machine += ",kernel-irqchip=split"   # intremap needs a split irqchip on KVM
+    argv = [qemu, "-machine", machine, "-accel", accel,
+            "-cpu", "host" if accel == "kvm" else "max",
+            "-smp", f"{spec.cpus},sockets={spec.sockets},cores={spec.cores},"
+                    f"threads={spec.threads}",
+            "-m", str(spec.memory_mb),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-global", f"hpet.msi={'on' if spec.hpet_msi else 'off'}",
+            "-global", f"hpet.timers={spec.hpet_timers}",
+            "-chardev", f"file,id=con0,path={console_log}",
+            "-serial", "chardev:con0",
+            "-chardev", f"socket,id=agent0,path={agent_sock},server=on,wait=off",
+            "-serial", "chardev:agent0",
+            "-qmp", f"unix:{qmp_sock},server=on,wait=off",
+            "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", spec.kernel_cmdline()]
+    if spec.iommu:
+        argv += ["-device", "intel-iommu,intremap=on"]
+    return argv

@@ -1,0 +1,194 @@
+"""Run one QEMU guest: start it, watch it, talk to it, and always kill it.
+
+Every QEMU process is registered here and killed when the guest is stopped,
+when the harness exits (atexit, SIGTERM, SIGINT) and, should the harness
+itself be killed, by the kernel through PR_SET_PDEATHSIG.
+"""
+import atexit
+import ctypes
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from harness.agent import Agent
+from harness.console import ConsoleLog
+from harness.errors import GuestError, HarnessError
+from harness.machine import MachineSpec, qemu_argv
+
+_PR_SET_PDEATHSIG = 1
+_live: set["Guest"] = set()
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_all() -> None:
+    for guest in list(_live):
+        guest.stop()
+
+
+def _on_signal(signum, frame):
+    kill_all()
+    raise SystemExit(128 + signum)
+
+
+atexit.register(kill_all)
+if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+def deadline_scale(spec: MachineSpec, accel: str) -> float:
+    """TCG runs every vCPU as a host thread on few host cores: give waits
+    room in proportion to the vCPU count; KVM needs far less."""
+    if accel == "kvm":
+        return 1.0
+    return 1.0 + spec.cpus / 4.0
+
+
+class Guest:
+    def __init__(self, spec: MachineSpec, kernel: Path, initrd: Path,
+                 workdir: Path, accel: str, qemu: str = "qemu-system-x86_64"):
+        self.spec = spec.validate()
+        for what, path in (("kernel image", kernel), ("initramfs", initrd)):
+            if not Path(path).is_file():
+                raise HarnessError(f"{what} {path} does not exist")
+        if shutil.which(qemu) is None:
+            raise HarnessError(f"{qemu} not found: install qemu-system-x86")
+        self.kernel, self.initrd, self.accel, self.qemu = kernel, initrd, accel, qemu
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.console = ConsoleLog(self.workdir / "console.log")
+        self.scale = deadline_scale(spec, accel)
+        self.proc: subprocess.Popen | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self.agent: Agent | None = None
+        self.exit_reason: str | None = None
+        self._sockdir: str | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> "Guest":
+        # Unix socket paths are limited to 108 bytes: keep them short.
+        self._sockdir = tempfile.mkdtemp(prefix="hh-")
+        sock = Path(self._sockdir)
+        argv = qemu_argv(self.spec, self.accel, self.kernel, self.initrd,
+                         self.console.path, sock / "agent", sock / "qmp", self.qemu)
+        (self.workdir / "qemu-cmdline.txt").write_text(shlex.join(argv) + "\n")
+        (self.workdir / "kernel-cmdline.txt").write_text(self.spec.kernel_cmdline() + "\n")
+        self.console.path.write_bytes(b"")
+        self._stderr = open(self.workdir / "qemu-stderr.txt", "wb")
+        self.t_start = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     stdout=self._stderr, stderr=self._stderr,
+                                     preexec_fn=_die_with_parent)
+        _live.add(self)
+        try:
+            deadline = time.monotonic() + 10 * self.scale
+            self.agent = Agent(sock / "agent", self.workdir / "agent-transcript.txt")
+            self.agent.connect(deadline)
+            self.qmp = self._connect_qmp(sock / "qmp", deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _connect_qmp(self, path: Path, deadline: float) -> QEMUMonitorProtocol:
+        while True:
+            qmp = QEMUMonitorProtocol(str(path))
+            try:
+                qmp.connect()
+                return qmp
+            except Exception:
+                qmp.close()
+                if time.monotonic() >= deadline or not self.alive():
+                    raise GuestError("QMP socket never became ready",
+                                     self.console.tail())
+                time.sleep(0.05)
+
+    def wait_booted(self, timeout: float = 30.0) -> float:
+        """Wait for the agent's ready banner; return seconds since start."""
+        deadline = time.monotonic() + timeout * self.scale
+        try:
+            self.agent.wait_ready(deadline)
+        except GuestError as e:
+            raise self.failure(f"boot: {e}") from None
+        self.boot_seconds = time.monotonic() - self.t_start
+        return self.boot_seconds
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def failure(self, what: str) -> GuestError:
+        """A GuestError saying what went wrong and what the guest last did."""
+        self.console.refresh()
+        state = self.describe_death() if not self.alive() else "guest still running"
+        return GuestError(f"{what} ({state})", self.console.tail(40))
+
+    def describe_death(self) -> str:
+        panics = self.console.events("panic")
+        if panics:
+            return f"guest panicked: {panics[0].title}"
+        code = self.proc.poll() if self.proc else None
+        if code == 0:
+            return "guest reset itself (reboot or triple fault; -no-reboot stopped it)"
+        return f"qemu exited with status {code}"
+
+    def run(self, command: str, timeout: float = 20.0):
+        try:
+            return self.agent.run(command, timeout * self.scale)
+        except GuestError as e:
+            raise self.failure(str(e)) from None
+
+    def check(self, command: str, timeout: float = 20.0) -> str:
+        reply = self.run(command, timeout)
+        if reply.status != 0:
+            raise GuestError(f"guest command {command!r} failed with status "
+                             f"{reply.status}: {reply.output.strip()[-300:]}",
+                             self.console.tail())
+        return reply.output
+
+    def stop(self) -> None:
+        """QMP quit, then SIGTERM, then SIGKILL; always leaves no process."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.qmp is not None:
+                try:
+                    self.qmp.settimeout(2)
+                    self.qmp.cmd("quit")
+                except Exception:
+                    pass
+            for sig, wait in ((None, 3), (signal.SIGTERM, 3), (signal.SIGKILL, 10)):
+                if sig is not None:
+                    self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except Exception:
+                pass
+            self.qmp = None
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+        if self._sockdir:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None
+        if getattr(self, "_stderr", None):
+            self._stderr.close()
+            self._stderr = None
+        _live.discard(self)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

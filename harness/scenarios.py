@@ -1,0 +1,207 @@
+"""Lockup scenarios: act on a live guest, then judge from what the kernel printed.
+
+Each scenario returns a Result with a verdict, the reason for it, and the
+measurements (detection latency from kernel timestamps) for the report.
+"""
+import time
+from dataclasses import dataclass, field
+
+from harness import expectations
+from harness.console_events import Event
+from harness.errors import GuestError, HarnessError
+from harness.qemu import Guest
+
+INJECT = "/sys/kernel/debug/lockup_inject/inject"
+BAD_KINDS = ("oops", "bug", "gpf", "warning", "unknown_nmi", "dmar_fault", "panic")
+LOCKUP_KINDS = ("hard_lockup", "soft_lockup", "rcu_stall", "hung_task")
+IRQ_REMAP_ON = "DMAR-IR: Enabled IRQ remapping"
+
+
+@dataclass
+class Result:
+    scenario: str
+    machine: str
+    passed: bool
+    reason: str
+    measurements: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"scenario": self.scenario, "machine": self.machine,
+                "passed": self.passed, "reason": self.reason,
+                "measurements": self.measurements}
+
+
+def _since(guest: Guest, line: int, kinds=None) -> list[Event]:
+    return [e for e in guest.console.events()
+            if e.line > line and (kinds is None or e.kind in kinds)]
+
+
+def _mark(guest: Guest) -> int:
+    """The console position (last line number) before an action."""
+    guest.console.refresh()
+    return guest.console.text.count("\n")
+
+
+def _describe(events: list[Event]) -> str:
+    return "; ".join(f"line {e.line}: {e.title}" for e in events[:5])
+
+
+def check_cpu(guest: Guest, cpu: int) -> None:
+    if not 0 <= cpu < guest.spec.cpus:
+        raise HarnessError(f"cpu {cpu} is outside the guest (cpus 0-{guest.spec.cpus - 1})")
+
+
+def boot(guest: Guest, detector: str) -> Result:
+    """The guest booted clean and the hardlockup detector is on."""
+    name, label = "boot", guest.spec.label()
+    bad = _since(guest, 0, BAD_KINDS)
+    nmi_wd = guest.check("cat /proc/sys/kernel/nmi_watchdog").strip()
+    m = {"boot_seconds": round(getattr(guest, "boot_seconds", 0.0), 2),
+         "nmi_watchdog": nmi_wd}
+    booted = guest.console.events("boot_complete")
+    if booted and booted[-1].time is not None:
+        m["kernel_boot_seconds"] = booted[-1].time
+    if bad:
+        return Result(name, label, False, "bad console events: " + _describe(bad), m)
+    online = guest.check("cat /sys/devices/system/cpu/online").strip()
+    want_online = "0" if guest.spec.cpus == 1 else f"0-{guest.spec.cpus - 1}"
+    if online != want_online:
+        return Result(name, label, False, f"CPUs online {online!r}, want {want_online!r}", m)
+    remapping = IRQ_REMAP_ON in guest.console.text
+    if remapping != guest.spec.iommu:
+        return Result(name, label, False, "interrupt remapping is "
+                      f"{'on' if remapping else 'off'} but the IOMMU is "
+                      f"{'on' if guest.spec.iommu else 'off'}", m)
+    if nmi_wd != "1":
+        return Result(name, label, False,
+                      f"/proc/sys/kernel/nmi_watchdog reads {nmi_wd!r}, want '1'", m)
+    return Result(name, label, True, f"clean boot, {detector} detector on", m)
+
+
+def idle(guest: Guest, periods: int = 3) -> Result:
+    """Watch an idle guest for periods x watchdog_thresh: nothing may fire."""
+    name, label = "idle", guest.spec.label()
+    start = _mark(guest)
+    window = periods * max(guest.spec.watchdog_thresh, 1)
+    # Observation window, not a wait for something: any event ends it early.
+    guest.console.wait_until(lambda: bool(_since(guest, start, LOCKUP_KINDS + BAD_KINDS)),
+                             time.monotonic() + window, guest.alive)
+    guest.check("true")   # the guest still answers
+    bad = _since(guest, start, LOCKUP_KINDS + BAD_KINDS)
+    m = {"window_seconds": window}
+    if bad:
+        return Result(name, label, False, "false positive while idle: " + _describe(bad), m)
+    return Result(name, label, True, f"nothing reported in {window} s idle", m)
+
+
+def _inject(guest: Guest, mode: str, cpus: str, ms: int) -> None:
+    guest.check(f"echo '{mode} {cpus} {ms}' > {INJECT}")
+
+
+def _wait_event(guest: Guest, start: int, kind: str, cpu: int | None,
+                timeout: float) -> Event | None:
+    def found():
+        return [e for e in _since(guest, start, (kind,)) if cpu is None or e.cpu == cpu]
+    guest.console.wait_until(lambda: bool(found()),
+                             time.monotonic() + timeout * guest.scale, guest.alive)
+    got = found()
+    return got[0] if got else None
+
+
+def _lockup(guest: Guest, detector: str, cpu: int, mode: str, report_kind: str,
+            bound_s: float, visible: bool, why: str, name: str) -> Result:
+    check_cpu(guest, cpu)
+    label = guest.spec.label()
+    thresh = guest.spec.watchdog_thresh
+    hold_ms = int((bound_s + thresh + 2) * 1000)   # outlast the latest report
+    start = _mark(guest)
+    _inject(guest, mode, str(cpu), hold_ms)
+    injected = _wait_event(guest, start, "lockup_injected", cpu, 10)
+    if injected is None:
+        raise guest.failure(f"{name}: no injection marker for cpu {cpu}")
+    # Wait for the report, or (when none is expected) for the lockup to end.
+    report = _wait_event(guest, start, report_kind, cpu, bound_s + 2) if visible else None
+    released = _wait_event(guest, start, "lockup_released", cpu, hold_ms / 1000 + 15)
+    m = {"cpu": cpu, "mode": mode, "hold_ms": hold_ms, "bound_s": bound_s,
+         "injected_at": injected.time}
+    if guest.spec.hardlockup_panic and report_kind == "hard_lockup":
+        return _panic_verdict(guest, name, label, start, visible, why, injected, m)
+    if released is None:
+        raise guest.failure(f"{name}: cpu {cpu} never released its lockup")
+    guest.check("true", timeout=30)       # the guest recovered
+    reports = _since(guest, start, (report_kind,))
+    others = sorted({e.cpu for e in reports if e.cpu != cpu})
+    bad = _since(guest, start, BAD_KINDS)
+    if bad:
+        return Result(name, label, False, "unexpected: " + _describe(bad), m)
+    if not visible:
+        if reports:
+            return Result(name, label, False, f"reported although {why}: "
+                          + _describe(reports), m)
+        return Result(name, label, True, f"not reported, as expected: {why}", m)
+    mine = [e for e in reports if e.cpu == cpu]
+    if not mine:
+        return Result(name, label, False, f"cpu {cpu} locked for {hold_ms} ms "
+                      f"but no {report_kind} report for it", m)
+    latency = mine[0].time - injected.time
+    m["latency_s"] = round(latency, 3)
+    if others:
+        return Result(name, label, False, f"{report_kind} also reported on cpus "
+                      f"{others}, only cpu {cpu} was locked", m)
+    if not 0 <= latency <= bound_s:
+        return Result(name, label, False, f"reported {latency:.2f} s after the "
+                      f"injection, outside 0..{bound_s:.1f} s", m)
+    return Result(name, label, True, f"cpu {cpu} reported after {latency:.2f} s", m)
+
+
+def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Result:
+    panic = _wait_event(guest, start, "panic", None, 15)
+    if not visible:
+        if panic is not None or not guest.alive():
+            return Result(name, label, False, f"guest panicked although {why}", m)
+        return Result(name, label, True, f"no panic, as expected: {why}", m)
+    if panic is None:
+        return Result(name, label, False, "hardlockup_panic=1 but no panic", m)
+    m["latency_s"] = round(panic.time - injected.time, 3)
+    if "Hard LOCKUP" not in panic.text:
+        return Result(name, label, False, f"panicked for another reason: {panic.title}", m)
+    # panic=-1 with -no-reboot: QEMU exits on its own once the panic is done.
+    deadline = time.monotonic() + 20 * guest.scale
+    while guest.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if guest.alive():
+        return Result(name, label, False, "panicked but the guest never went down", m)
+    return Result(name, label, True, "Kernel panic - not syncing: Hard LOCKUP", m)
+
+
+def hard_lockup(guest: Guest, detector: str, cpu: int) -> Result:
+    visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus)
+    bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
+    name = "hard-lockup-panic" if guest.spec.hardlockup_panic else "hard-lockup"
+    return _lockup(guest, detector, cpu, "irqoff", "hard_lockup", bound, visible, why,
+                   f"{name}@cpu{cpu}")
+
+
+def soft_lockup(guest: Guest, detector: str, cpu: int) -> Result:
+    bound = expectations.soft_lockup_bound_s(guest.spec.watchdog_thresh)
+    return _lockup(guest, detector, cpu, "preemptoff", "soft_lockup", bound, True,
+                   "", f"soft-lockup@cpu{cpu}")
+
+
+def spread_cpus(cpus: int) -> list[int]:
+    """First, middle and last CPU, without repeats."""
+    return sorted({0, cpus // 2, cpus - 1})
+
+
+SCENARIOS = {
+    "boot": lambda g, d, cpu: boot(g, d),
+    "idle": lambda g, d, cpu: idle(g),
+    "hard-lockup": lambda g, d, cpu: hard_lockup(g, d, cpu),
+    "soft-lockup": lambda g, d, cpu: soft_lockup(g, d, cpu),
+}
+
+
+def get(name: str):
+    if name not in SCENARIOS:
+        raise HarnessError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]

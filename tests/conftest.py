@@ -1,0 +1,86 @@
+"""Shared fixtures: the built kernel, the accelerator, and a guest pool.
+
+Consecutive cases on the same machine spec share one booted guest (a boot
+under TCG costs seconds); a case that kills its guest makes the pool boot a
+fresh one for the next case.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness import accel as accel_mod
+from harness import initramfs, kbuild
+from harness.paths import REPO
+from harness.qemu import Guest
+
+DETECTOR = os.environ.get("HARNESS_DETECTOR", kbuild.DEFAULT_DETECTOR)
+OUT = Path(os.environ.get("HARNESS_OUT", REPO / "out"))
+_results: list[dict] = []
+
+
+@pytest.fixture(scope="session")
+def built():
+    kernel = kbuild.build_kernel(DETECTOR, os.environ.get("KERNEL_SRC"))
+    return kernel, initramfs.build_initramfs(kernel, kernel.build_dir.parent)
+
+
+@pytest.fixture(scope="session")
+def accel():
+    return accel_mod.choose_accel()
+
+
+class GuestPool:
+    def __init__(self, built, accel):
+        self.kernel, self.initrd = built
+        self.accel = accel
+        self.guest: Guest | None = None
+        self.boots = 0
+
+    def get(self, spec) -> Guest:
+        g = self.guest
+        if g is not None and g.spec == spec and g.alive():
+            return g
+        self.stop()
+        self.boots += 1
+        workdir = OUT / "guests" / f"{spec.label()}-boot{self.boots}"
+        g = Guest(spec, self.kernel.bzimage, self.initrd, workdir, self.accel).start()
+        self.guest = g
+        g.wait_booted()
+        return g
+
+    def stop(self):
+        if self.guest is not None:
+            self.guest.stop()
+            self.guest = None
+
+
+@pytest.fixture(scope="session")
+def pool(built, accel):
+    p = GuestPool(built, accel)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def record():
+    def add(result):
+        _results.append(result.to_dict())
+    yield add
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(_results, indent=1))
+
+
+def pytest_terminal_summary(terminalreporter):
+    rows = [r for r in _results if r["measurements"]]
+    if not rows:
+        return
+    terminalreporter.section("scenario measurements")
+    for r in rows:
+        m = r["measurements"]
+        keys = ("boot_seconds", "kernel_boot_seconds", "latency_s", "nmi_watchdog")
+        shown = ", ".join(f"{k}={m[k]}" for k in keys if k in m)
+        terminalreporter.write_line(
+            f"{'PASS' if r['passed'] else 'FAIL'} {r['machine']:<16} "
+            f"{r['scenario']:<24} {shown}")

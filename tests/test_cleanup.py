@@ -1,0 +1,63 @@
+"""Killing the harness mid-run leaves no QEMU behind.
+
+Starts a real `python -m harness run` with its own output directory, waits
+until its QEMU is up, signals the harness, and looks for any QEMU process
+whose command line names that directory.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.paths import REPO
+
+
+def _qemus_for(marker: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"qemu-system-x86_64") and \
+                any(marker.encode() in a for a in cmd):
+            pids.append(int(d.name))
+    return pids
+
+
+def _wait(pred, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=lambda s: s.name)
+def test_no_qemu_survives_the_harness(sig, tmp_path, built):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--scenario", "idle",
+                             "--cpus", "2", "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _wait(lambda: _qemus_for(str(out)), 120), "QEMU never started"
+        # Let the guest get going so the signal lands mid-run.
+        assert _wait(lambda: any(out.glob("*/console.log")) and
+                     any(p.stat().st_size > 0 for p in out.glob("*/console.log")), 60)
+        proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _wait(lambda: not _qemus_for(str(out)), 20), \
+        f"QEMU left running after {sig.name}: {_qemus_for(str(out))}"
+    assert proc.returncode != 0

@@ -1,0 +1,43 @@
+"""Scenario tests on real guests: boot, idle, hard and soft lockups, panic.
+
+Every machine spec is 1, 2, 4 or 8 vCPUs with the IOMMU off or on
+(intel-iommu,intremap=on). Cases on the same spec run back to back on one
+guest; the panic cases need a guest of their own each.
+"""
+import pytest
+
+from harness import scenarios
+from harness.machine import MachineSpec
+
+from conftest import DETECTOR
+
+CPU_COUNTS = (1, 2, 4, 8)
+SPECS = [MachineSpec(cpus=c, iommu=i).validate() for c in CPU_COUNTS for i in (False, True)]
+
+
+def _cases():
+    for spec in SPECS:
+        yield spec, "boot", None
+        yield spec, "idle", None
+        for cpu in scenarios.spread_cpus(spec.cpus):
+            yield spec, "hard-lockup", cpu
+        yield spec, "soft-lockup", spec.cpus - 1
+    for spec in SPECS:
+        yield spec.with_(hardlockup_panic=True), "hard-lockup", spec.cpus - 1
+
+
+CASES = list(_cases())
+
+
+def _id(case):
+    spec, name, cpu = case
+    return f"{spec.label()}/{name}" + (f"@cpu{cpu}" if cpu is not None else "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_scenario(case, pool, record):
+    spec, name, cpu = case
+    guest = pool.get(spec)
+    result = scenarios.get(name)(guest, DETECTOR, cpu)
+    record(result)
+    assert result.passed, f"{result.reason} (console: {guest.console.path})"
