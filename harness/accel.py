@@ -50,7 +50,10 @@ def probe(accel: str, qemu: str = "qemu-system-x86_64",
                     if not chunk:
                         break
                     got += chunk
-            exited = proc.poll()
+            try:   # stdout closed: QEMU is exiting, let it finish
+                exited = proc.wait(1) if _MARK not in got else None
+            except subprocess.TimeoutExpired:
+                exited = None
         finally:
             proc.kill()
             _, err = proc.communicate()

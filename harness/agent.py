@@ -25,7 +25,7 @@ class Reply:
 
 
 class Agent:
-    def __init__(self, sock_path: Path, transcript: Path):
+    def __init__(self, sock_path: str, transcript: Path):
         self.sock_path = sock_path
         self.transcript_path = transcript
         self.sock: socket.socket | None = None
@@ -37,12 +37,12 @@ class Agent:
         while True:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                s.connect(str(self.sock_path))
+                s.connect(self.sock_path)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 s.close()
                 if time.monotonic() >= deadline:
-                    raise GuestError(f"agent socket {self.sock_path} never appeared")
+                    raise GuestError(f"agent socket {self.sock_path!r} never appeared")
                 time.sleep(0.05)
         self.sock = s
         self._log = open(self.transcript_path, "a", encoding="utf-8", errors="replace")

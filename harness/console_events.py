@@ -140,6 +140,10 @@ _RULES = [
     ("lockup_released",
      r"test_lockup: Finish on CPU(?P<cpu>\d+) in (?P<ns>\d+) ns",
      "cpu", "test_lockup finished on cpu {cpu} after {ns} ns"),
+    # LKDTM names the crash type, not the CPU: the harness pins the writer.
+    ("lockup_injected",
+     r"lkdtm: Performing direct entry (?P<type>\S+)",
+     None, "LKDTM {type} triggered"),
 ]
 
 RULES = [(kind, re.compile(rx), cpu_group, title) for kind, rx, cpu_group, title in _RULES]

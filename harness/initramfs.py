@@ -52,9 +52,27 @@ def _busybox_applets() -> list[str]:
     return [a for a in out.split() if a and a != "bin/busybox"]
 
 
+def _build_tools(out_dir: Path) -> dict:
+    """Compile guest/tools/*.c as static binaries (the guest has no libc)."""
+    tools = {}
+    for src in sorted((GUEST_DIR / "tools").glob("*.c")):
+        exe = out_dir / "tools" / src.stem
+        if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+            exe.parent.mkdir(parents=True, exist_ok=True)
+            tmp = exe.with_suffix(".tmp")
+            res = subprocess.run(["cc", "-static", "-Os", "-Wall", "-o", str(tmp), str(src)],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                raise HarnessError(f"cannot build {src.name}: {res.stderr.strip()[-300:]}")
+            os.rename(tmp, exe)
+        tools[f"bin/{src.stem}"] = exe
+    return tools
+
+
 def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     """Return the path of an initramfs for this kernel, building it if needed."""
     sources = {dst: GUEST_DIR / src for dst, src in GUEST_FILES.items()}
+    sources.update(_build_tools(out_dir))
     mods = {f"lib/modules/{name}.ko": path for name, path in sorted(kernel.modules.items())}
     h = hashlib.sha256(BUSYBOX.read_bytes() if BUSYBOX.is_file() else b"")
     for dst, p in {**sources, **mods}.items():

@@ -4,6 +4,7 @@ Builds are cached under the per-user cache directory, keyed by a hash of
 everything that goes into them, so an unchanged second run takes seconds.
 A build directory only counts as done once its stamp file is written last.
 """
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -194,7 +195,7 @@ def kernel_key(detector: str = DEFAULT_DETECTOR,
         src = None
     frags = fragments_for(detector)
     h = hashlib.sha256(RECIPE_VERSION.encode())
-    _hash_files(h, patches + frags + _extmod_files())
+    _hash_files(h, patches + frags)
     if user_tree:
         h.update(_source_identity(src, True).encode())
     else:
@@ -209,13 +210,17 @@ def build_kernel(detector: str = DEFAULT_DETECTOR, kernel_src: str | None = None
     key, src, user_tree = kernel_key(detector, kernel_src)
     key_dir = cache_dir() / "kernels" / key
     with _Lock(key_dir.parent / f"{key}.lock"):
-        cached = _read_stamp(key_dir)
-        if cached and cached.bzimage.exists():
-            _log(f"kernel: cached build {key_dir} ({cached.release}, {detector})")
-            return cached
-        if src is None:
-            src = prepare_debian_source(series_patches())
-        return _build(src, key_dir, detector, jobs or os.cpu_count() or 1)
+        kernel = _read_stamp(key_dir)
+        if kernel and kernel.bzimage.exists():
+            _log(f"kernel: cached build {key_dir} ({kernel.release}, {detector})")
+        else:
+            if src is None:
+                src = prepare_debian_source(series_patches())
+            kernel = _build(src, key_dir, detector, jobs or os.cpu_count() or 1)
+        # Our guest modules change more often than the kernel: built apart.
+        modules = dict(kernel.modules)
+        modules.update(_build_extmods(kernel.build_dir, key_dir))
+        return dataclasses.replace(kernel, modules=modules)
 
 
 def configure(src: Path, build: Path, frags: list[Path], log: Path) -> None:
@@ -236,7 +241,7 @@ def _build(src: Path, key_dir: Path, detector: str, jobs: int) -> Kernel:
     t0 = time.monotonic()
     configure(src, build, frags, log)
     run(["make", "-C", src, f"O={build}", f"-j{jobs}", "bzImage", "modules"], log)
-    modules = _build_extmods(build, key_dir, log)
+    modules = {}
     for name, rel in (("test_lockup", "lib/test_lockup.ko"),
                       ("lkdtm", "drivers/misc/lkdtm/lkdtm.ko")):
         modules[name] = build / rel
@@ -258,14 +263,23 @@ def _build(src: Path, key_dir: Path, detector: str, jobs: int) -> Kernel:
     return kernel
 
 
-def _build_extmods(build: Path, key_dir: Path, log: Path) -> dict:
-    """Build our guest modules out of tree, in the cache, not in the repo."""
+def _build_extmods(build: Path, key_dir: Path) -> dict:
+    """Build our guest modules out of tree, in the cache, not in the repo,
+    once per version of their sources."""
+    h = hashlib.sha256()
+    _hash_files(h, _extmod_files())
+    root = key_dir / f"extmod-{h.hexdigest()[:12]}"
     modules = {}
     for mod_src in sorted(d for d in EXTMOD_DIR.iterdir() if d.is_dir()):
-        dst = key_dir / "extmod" / mod_src.name
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(mod_src, dst)
-        run(["make", "-C", build, f"M={dst}", "modules"], log)
-        for ko in dst.glob("*.ko"):
-            modules[ko.stem] = ko
+        dst = root / mod_src.name
+        kos = sorted(dst.glob("*.ko")) if (dst / ".built").exists() else []
+        if not kos:
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(mod_src, dst)
+            run(["make", "-C", build, f"M={dst}", "modules"], key_dir / "extmod.log")
+            (dst / ".built").write_text("")
+            kos = sorted(dst.glob("*.ko"))
+        if not kos:
+            raise HarnessError(f"building {mod_src.name} produced no module")
+        modules.update({ko.stem: ko for ko in kos})
     return modules

@@ -1,4 +1,8 @@
-"""A guest machine spec and the QEMU command line it turns into."""
+"""A guest machine spec and the QEMU command line it turns into.
+
+The agent and QMP sockets are abstract unix sockets (named, not files), so a
+harness killed with SIGKILL leaves nothing behind on disk.
+"""
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -63,7 +67,7 @@ class MachineSpec:
 
 
 def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
-              console_log: Path, agent_sock: Path, qmp_sock: Path,
+              console_log: Path, agent_sock: str, qmp_sock: str,
               qemu: str = "qemu-system-x86_64") -> list[str]:
     machine = f"q35,hpet={'on' if spec.hpet else 'off'}"
     if spec.iommu and accel == "kvm":
@@ -78,9 +82,10 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
             "-global", f"hpet.timers={spec.hpet_timers}",
             "-chardev", f"file,id=con0,path={console_log}",
             "-serial", "chardev:con0",
-            "-chardev", f"socket,id=agent0,path={agent_sock},server=on,wait=off",
+            "-chardev", f"socket,id=agent0,path={agent_sock},abstract=on,server=on,wait=off",
             "-serial", "chardev:agent0",
-            "-qmp", f"unix:{qmp_sock},server=on,wait=off",
+            "-chardev", f"socket,id=qmp0,path={qmp_sock},abstract=on,server=on,wait=off",
+            "-mon", "chardev=qmp0,mode=control",
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", spec.kernel_cmdline()]
     if spec.iommu:

@@ -6,11 +6,12 @@ itself be killed, by the kernel through PR_SET_PDEATHSIG.
 """
 import atexit
 import ctypes
+import os
+import secrets
 import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,15 +71,12 @@ class Guest:
         self.qmp: QEMUMonitorProtocol | None = None
         self.agent: Agent | None = None
         self.exit_reason: str | None = None
-        self._sockdir: str | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "Guest":
-        # Unix socket paths are limited to 108 bytes: keep them short.
-        self._sockdir = tempfile.mkdtemp(prefix="hh-")
-        sock = Path(self._sockdir)
+        name = f"hpet-nmi-harness-{os.getpid()}-{secrets.token_hex(6)}"
         argv = qemu_argv(self.spec, self.accel, self.kernel, self.initrd,
-                         self.console.path, sock / "agent", sock / "qmp", self.qemu)
+                         self.console.path, f"{name}-agent", f"{name}-qmp", self.qemu)
         (self.workdir / "qemu-cmdline.txt").write_text(shlex.join(argv) + "\n")
         (self.workdir / "kernel-cmdline.txt").write_text(self.spec.kernel_cmdline() + "\n")
         self.console.path.write_bytes(b"")
@@ -90,17 +88,17 @@ class Guest:
         _live.add(self)
         try:
             deadline = time.monotonic() + 10 * self.scale
-            self.agent = Agent(sock / "agent", self.workdir / "agent-transcript.txt")
+            self.agent = Agent("\0" + f"{name}-agent", self.workdir / "agent-transcript.txt")
             self.agent.connect(deadline)
-            self.qmp = self._connect_qmp(sock / "qmp", deadline)
+            self.qmp = self._connect_qmp("\0" + f"{name}-qmp", deadline)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _connect_qmp(self, path: Path, deadline: float) -> QEMUMonitorProtocol:
+    def _connect_qmp(self, address: str, deadline: float) -> QEMUMonitorProtocol:
         while True:
-            qmp = QEMUMonitorProtocol(str(path))
+            qmp = QEMUMonitorProtocol(address)
             try:
                 qmp.connect()
                 return qmp
@@ -179,9 +177,6 @@ class Guest:
         if self.agent is not None:
             self.agent.close()
             self.agent = None
-        if self._sockdir:
-            shutil.rmtree(self._sockdir, ignore_errors=True)
-            self._sockdir = None
         if getattr(self, "_stderr", None):
             self._stderr.close()
             self._stderr = None

@@ -94,8 +94,23 @@ def idle(guest: Guest, periods: int = 3) -> Result:
     return Result(name, label, True, f"nothing reported in {window} s idle", m)
 
 
-def _inject(guest: Guest, mode: str, cpus: str, ms: int) -> None:
-    guest.check(f"echo '{mode} {cpus} {ms}' > {INJECT}")
+INJECTORS = ("lockup_inject", "test_lockup")
+LKDTM_DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
+
+
+def inject_command(injector: str, mode: str, cpu: int, ms: int) -> str:
+    """The guest shell command that locks up `cpu` in `mode` for `ms`."""
+    if injector == "lockup_inject":
+        return f"echo '{mode} {cpu} {ms}' > {INJECT}"
+    if injector == "test_lockup":
+        # test_lockup locks up the CPU its loader runs on and then refuses
+        # to load (EAGAIN) by design: pin it and let it fail in the
+        # background. loadmod, not busybox insmod, which would load it twice.
+        flag = {"irqoff": "disable_irq=1", "preemptoff": "disable_preempt=1"}[mode]
+        secs = max(1, round(ms / 1000))
+        return (f"taskset -c {cpu} loadmod /lib/modules/test_lockup.ko "
+                f"time_secs={secs} {flag} >/dev/null 2>&1 &")
+    raise HarnessError(f"unknown injector {injector!r}; known: {', '.join(INJECTORS)}")
 
 
 def _wait_event(guest: Guest, start: int, kind: str, cpu: int | None,
@@ -108,29 +123,40 @@ def _wait_event(guest: Guest, start: int, kind: str, cpu: int | None,
     return got[0] if got else None
 
 
-def _lockup(guest: Guest, detector: str, cpu: int, mode: str, report_kind: str,
-            bound_s: float, visible: bool, why: str, name: str) -> Result:
+def _lockup(guest: Guest, cpu: int, mode: str, report_kind: str, bound_s: float,
+            visible: bool, why: str, name: str, injector: str) -> Result:
     check_cpu(guest, cpu)
     label = guest.spec.label()
     thresh = guest.spec.watchdog_thresh
     hold_ms = int((bound_s + thresh + 2) * 1000)   # outlast the latest report
     start = _mark(guest)
-    _inject(guest, mode, str(cpu), hold_ms)
+    guest.check(inject_command(injector, mode, cpu, hold_ms))
     injected = _wait_event(guest, start, "lockup_injected", cpu, 10)
     if injected is None:
         raise guest.failure(f"{name}: no injection marker for cpu {cpu}")
     # Wait for the report, or (when none is expected) for the lockup to end.
     report = _wait_event(guest, start, report_kind, cpu, bound_s + 2) if visible else None
-    released = _wait_event(guest, start, "lockup_released", cpu, hold_ms / 1000 + 15)
-    m = {"cpu": cpu, "mode": mode, "hold_ms": hold_ms, "bound_s": bound_s,
-         "injected_at": injected.time}
+    m = {"cpu": cpu, "mode": mode, "injector": injector, "hold_ms": hold_ms,
+         "bound_s": bound_s, "injected_at": injected.time}
+    if report is not None:
+        m["latency_s"] = round(report.time - injected.time, 3)
     if guest.spec.hardlockup_panic and report_kind == "hard_lockup":
         return _panic_verdict(guest, name, label, start, visible, why, injected, m)
-    if released is None:
+    # test_lockup spins on a delay loop, not a clock: under TCG its 14 s
+    # have been seen to last 42 s.
+    hold_s = hold_ms / 1000 * (4 if injector == "test_lockup" else 1)
+    if _wait_event(guest, start, "lockup_released", cpu, hold_s + 15) is None:
         raise guest.failure(f"{name}: cpu {cpu} never released its lockup")
     guest.check("true", timeout=30)       # the guest recovered
+    return _report_verdict(guest, name, start, report_kind, cpu, visible, why, m)
+
+
+def _report_verdict(guest: Guest, name: str, start: int, report_kind: str, cpu: int,
+                    visible: bool, why: str, m: dict) -> Result:
+    """Exactly `cpu` reported, within the bound, nothing bad besides."""
+    label = guest.spec.label()
     reports = _since(guest, start, (report_kind,))
-    others = sorted({e.cpu for e in reports if e.cpu != cpu})
+    others = sorted({e.cpu for e in reports if e.cpu != cpu}, key=str)
     bad = _since(guest, start, BAD_KINDS)
     if bad:
         return Result(name, label, False, "unexpected: " + _describe(bad), m)
@@ -139,18 +165,16 @@ def _lockup(guest: Guest, detector: str, cpu: int, mode: str, report_kind: str,
             return Result(name, label, False, f"reported although {why}: "
                           + _describe(reports), m)
         return Result(name, label, True, f"not reported, as expected: {why}", m)
-    mine = [e for e in reports if e.cpu == cpu]
-    if not mine:
-        return Result(name, label, False, f"cpu {cpu} locked for {hold_ms} ms "
-                      f"but no {report_kind} report for it", m)
-    latency = mine[0].time - injected.time
-    m["latency_s"] = round(latency, 3)
+    if "latency_s" not in m:
+        return Result(name, label, False, f"cpu {cpu} locked up but no "
+                      f"{report_kind} report for it within {m['bound_s']:.1f} s", m)
     if others:
         return Result(name, label, False, f"{report_kind} also reported on cpus "
                       f"{others}, only cpu {cpu} was locked", m)
-    if not 0 <= latency <= bound_s:
+    latency = m["latency_s"]
+    if not 0 <= latency <= m["bound_s"]:
         return Result(name, label, False, f"reported {latency:.2f} s after the "
-                      f"injection, outside 0..{bound_s:.1f} s", m)
+                      f"injection, outside 0..{m['bound_s']:.1f} s", m)
     return Result(name, label, True, f"cpu {cpu} reported after {latency:.2f} s", m)
 
 
@@ -162,7 +186,7 @@ def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Resu
         return Result(name, label, True, f"no panic, as expected: {why}", m)
     if panic is None:
         return Result(name, label, False, "hardlockup_panic=1 but no panic", m)
-    m["latency_s"] = round(panic.time - injected.time, 3)
+    m["panic_latency_s"] = round(panic.time - injected.time, 3)
     if "Hard LOCKUP" not in panic.text:
         return Result(name, label, False, f"panicked for another reason: {panic.title}", m)
     # panic=-1 with -no-reboot: QEMU exits on its own once the panic is done.
@@ -174,18 +198,64 @@ def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Resu
     return Result(name, label, True, "Kernel panic - not syncing: Hard LOCKUP", m)
 
 
-def hard_lockup(guest: Guest, detector: str, cpu: int) -> Result:
+def hard_lockup(guest: Guest, detector: str, cpu: int,
+                injector: str = "lockup_inject") -> Result:
     visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus)
     bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
     name = "hard-lockup-panic" if guest.spec.hardlockup_panic else "hard-lockup"
-    return _lockup(guest, detector, cpu, "irqoff", "hard_lockup", bound, visible, why,
-                   f"{name}@cpu{cpu}")
+    if injector != "lockup_inject":
+        name += f"[{injector}]"
+    return _lockup(guest, cpu, "irqoff", "hard_lockup", bound, visible, why,
+                   f"{name}@cpu{cpu}", injector)
 
 
-def soft_lockup(guest: Guest, detector: str, cpu: int) -> Result:
+def soft_lockup(guest: Guest, detector: str, cpu: int,
+                injector: str = "lockup_inject") -> Result:
     bound = expectations.soft_lockup_bound_s(guest.spec.watchdog_thresh)
-    return _lockup(guest, detector, cpu, "preemptoff", "soft_lockup", bound, True,
-                   "", f"soft-lockup@cpu{cpu}")
+    name = "soft-lockup" + (f"[{injector}]" if injector != "lockup_inject" else "")
+    return _lockup(guest, cpu, "preemptoff", "soft_lockup", bound, True, "",
+                   f"{name}@cpu{cpu}", injector)
+
+
+# LKDTM crash type -> (report kind, whether the detector can see it).
+LKDTM_TYPES = {"HARDLOCKUP": "hard_lockup", "SOFTLOCKUP": "soft_lockup",
+               "SPINLOCKUP": "soft_lockup", "HUNG_TASK": "hung_task"}
+HUNG_TASK_TIMEOUT_S = 4
+
+
+def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
+    """LKDTM lockups never end: check the report, then retire the guest."""
+    check_cpu(guest, cpu)
+    kind = LKDTM_TYPES[crash]
+    name, label = f"lkdtm-{crash.lower().replace('_', '-')}@cpu{cpu}", guest.spec.label()
+    thresh = guest.spec.watchdog_thresh
+    if kind == "hard_lockup":
+        visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus)
+        bound = expectations.hard_lockup_bound_s(detector, thresh)
+    elif kind == "soft_lockup":
+        visible, why, bound = True, "", expectations.soft_lockup_bound_s(thresh)
+    else:
+        visible, why, bound = True, "", 2.0 * HUNG_TASK_TIMEOUT_S + 2
+    try:
+        guest.check(f"[ -e {LKDTM_DIRECT} ] || insmod /lib/modules/lkdtm.ko")
+        if kind == "hung_task":
+            guest.check(f"echo {HUNG_TASK_TIMEOUT_S} > /proc/sys/kernel/hung_task_timeout_secs")
+        start = _mark(guest)
+        guest.check(f"taskset -c {cpu} sh -c 'echo {crash} > {LKDTM_DIRECT}' "
+                    ">/dev/null 2>&1 &")
+        injected = _wait_event(guest, start, "lockup_injected", None, 10)
+        if injected is None:
+            raise guest.failure(f"{name}: LKDTM never said it triggered {crash}")
+        m = {"cpu": cpu, "crash": crash, "bound_s": bound, "injected_at": injected.time}
+        report = _wait_event(guest, start, kind, None if kind == "hung_task" else cpu,
+                             bound + 2 if visible else bound + thresh)
+        if report is not None:
+            m["latency_s"] = round(report.time - injected.time, 3)
+        target = None if kind == "hung_task" else cpu
+        result = _report_verdict(guest, name, start, kind, target, visible, why, m)
+    finally:
+        guest.stop()    # the lockup never ends: nobody may reuse this guest
+    return result
 
 
 def spread_cpus(cpus: int) -> list[int]:
@@ -198,6 +268,11 @@ SCENARIOS = {
     "idle": lambda g, d, cpu: idle(g),
     "hard-lockup": lambda g, d, cpu: hard_lockup(g, d, cpu),
     "soft-lockup": lambda g, d, cpu: soft_lockup(g, d, cpu),
+    "hard-lockup-test_lockup": lambda g, d, cpu: hard_lockup(g, d, cpu, "test_lockup"),
+    "soft-lockup-test_lockup": lambda g, d, cpu: soft_lockup(g, d, cpu, "test_lockup"),
+    **{f"lkdtm-{crash.lower().replace('_', '-')}":
+       (lambda crash: lambda g, d, cpu: lkdtm(g, d, cpu, crash))(crash)
+       for crash in LKDTM_TYPES},
 }
 
 

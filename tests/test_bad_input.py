@@ -34,3 +34,11 @@ def test_bad_input_one_line(args, needle):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("harness: error: ") and needle in lines[0], lines[0]
+
+
+def test_parse_any_file_does_not_crash(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)) * 64 + b"\n[ 1.0] Kernel panic - not syncing: x\n")
+    res = harness("parse", str(junk), "--json")
+    assert res.returncode == 0, res.stderr
+    assert '"kind": "panic"' in res.stdout

@@ -217,6 +217,8 @@ KERNEL_FORMATS = [
     ("kernel/watchdog_perf.c", "NMI watchdog: ", "Perf NMI watchdog permanently disabled", (), "detector_disabled", None),
     ("kernel/watchdog.c", "watchdog: ", "Hard watchdog permanently disabled", (), "detector_disabled", None),
     ("lib/test_lockup.c", "test_lockup: ", "Start on CPU%d", (1,), "lockup_injected", 1),
+    ("drivers/misc/lkdtm/core.c", "lkdtm: ", "Performing direct entry %s", ("HARDLOCKUP",),
+     "lockup_injected", None),
     ("lib/test_lockup.c", "test_lockup: ", "Finish on CPU%d in %lld ns", (1, 8000000000), "lockup_released", 1),
 ]
 

@@ -2,7 +2,8 @@
 
 Every machine spec is 1, 2, 4 or 8 vCPUs with the IOMMU off or on
 (intel-iommu,intremap=on). Cases on the same spec run back to back on one
-guest; the panic cases need a guest of their own each.
+guest; the panic cases need a guest of their own each. Lockups come from our
+lockup_inject module; the kernel's test_lockup and LKDTM run on a few specs.
 """
 import pytest
 
@@ -24,6 +25,16 @@ def _cases():
         yield spec, "soft-lockup", spec.cpus - 1
     for spec in SPECS:
         yield spec.with_(hardlockup_panic=True), "hard-lockup", spec.cpus - 1
+    # The kernel's own injectors, on a few specs. LKDTM lockups never end, so
+    # each of those retires its guest.
+    for spec in (MachineSpec(cpus=4), MachineSpec(cpus=2, iommu=True)):
+        yield spec, "hard-lockup-test_lockup", spec.cpus - 1
+        yield spec, "soft-lockup-test_lockup", 0
+    four = MachineSpec(cpus=4)
+    for i, crash in enumerate(("lkdtm-hardlockup", "lkdtm-softlockup",
+                               "lkdtm-spinlockup", "lkdtm-hung-task")):
+        yield four, crash, (i + 1) % four.cpus
+    yield MachineSpec(cpus=8, iommu=True), "lkdtm-hardlockup", 5
 
 
 CASES = list(_cases())
