@@ -48,10 +48,11 @@ def cmd_parse(args) -> int:
 
 def cmd_probe_accel(args) -> int:
     from harness import accel
+    kernel, initrd = prepare(args.detector, Path("."))
     for name in ("kvm", "tcg"):
-        ok, why = accel.probe(name)
+        ok, why = accel.probe(name, kernel.bzimage, initrd)
         print(f"{name}: {'works' if ok else 'unusable'} ({why})")
-    print(f"chosen: {accel.choose_accel()}")
+    print(f"chosen: {accel.choose_accel(kernel.bzimage, initrd)}")
     return 0
 
 
@@ -70,7 +71,8 @@ def cmd_run(args) -> int:
         raise HarnessError(f"kernel image {kernel_img} does not exist")
     out = Path(args.out) / f"{spec.label()}-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     kernel, initrd = prepare(args.detector, out)
-    with Guest(spec, kernel_img or kernel.bzimage, initrd, out, accel.choose_accel()) as g:
+    image = kernel_img or kernel.bzimage
+    with Guest(spec, image, initrd, out, accel.choose_accel(image, initrd)) as g:
         g.wait_booted()
         result = run_scenario(g, args.detector, args.cpu if args.cpu is not None
                               else spec.cpus - 1)
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_parse)
     s = sub.add_parser("probe-accel", help="probe KVM and TCG and say which is used")
+    s.add_argument("--detector", default="buddy")
     s.set_defaults(func=cmd_probe_accel)
     s = sub.add_parser("run", help="boot a fresh guest and run one scenario")
     s.add_argument("--scenario", required=True)

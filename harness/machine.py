@@ -6,6 +6,7 @@ harness killed with SIGKILL leaves nothing behind on disk.
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.accel import cpu_model
 from harness.errors import HarnessError
 
 MAX_TCG_CPUS = 255   # without x2APIC (none under TCG 7.2), APIC IDs stop at 254
@@ -73,7 +74,7 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
     if spec.iommu and accel == "kvm":
         machine += ",kernel-irqchip=split"   # intremap needs a split irqchip on KVM
     argv = [qemu, "-machine", machine, "-accel", accel,
-            "-cpu", "host" if accel == "kvm" else "max",
+            "-cpu", cpu_model(accel),
             "-smp", f"{spec.cpus},sockets={spec.sockets},cores={spec.cores},"
                     f"threads={spec.threads}",
             "-m", str(spec.memory_mb),

@@ -70,7 +70,6 @@ class Guest:
         self.proc: subprocess.Popen | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self.agent: Agent | None = None
-        self.exit_reason: str | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "Guest":
@@ -142,6 +141,10 @@ class Guest:
             return self.agent.run(command, timeout * self.scale)
         except GuestError as e:
             raise self.failure(str(e)) from None
+
+    def send(self, command: str) -> None:
+        """Fire a command at the agent; judge it by the console, not a reply."""
+        self.agent.send(command)
 
     def check(self, command: str, timeout: float = 20.0) -> str:
         reply = self.run(command, timeout)

@@ -12,6 +12,7 @@ import pytest
 
 from harness import accel as accel_mod
 from harness import initramfs, kbuild
+from harness.errors import GuestError
 from harness.paths import REPO
 from harness.qemu import Guest
 
@@ -27,8 +28,9 @@ def built():
 
 
 @pytest.fixture(scope="session")
-def accel():
-    return accel_mod.choose_accel()
+def accel(built):
+    kernel, initrd = built
+    return accel_mod.choose_accel(kernel.bzimage, initrd)
 
 
 class GuestPool:
@@ -70,6 +72,15 @@ def record():
     yield add
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(_results, indent=1))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A guest that died or hung: show why, with its last console lines."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and isinstance(call.excinfo.value, GuestError):
+        report.sections.append(("guest console tail", call.excinfo.value.console_tail))
 
 
 def pytest_terminal_summary(terminalreporter):

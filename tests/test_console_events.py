@@ -30,6 +30,70 @@ ALL_LOGS = sorted(LOG_DIR.glob("*.log"))
 # Expected events per log file, in order: (kind, kernel time, cpu, line).
 # Add an entry when adding a log (guest-*.log included).
 EXPECTED = {
+    # Captured from this project's guests (buddy detector, TCG); the counts
+    # of each kind were checked against grep of the raw lines.
+    "guest-buddy-1cpu-unseen-hard-lockup.log": [
+        ("boot_complete", 1.20717, None, 218),  # running /init
+        ("boot_complete", 1.505228, None, 220),  # guest agent ready
+        ("lockup_injected", 7.656049, 0, 224),  # irqoff lockup injected on cpu 0 for 14000 ms
+        ("lockup_released", 21.658041, 0, 225),  # lockup released on cpu 0 after 14001 ms
+        ("lockup_injected", 21.685047, 0, 226),  # preemptoff lockup injected on cpu 0 for 12800 ms
+        ("soft_lockup", 27.639569, 0, 228),  # soft lockup on cpu 0, stuck for 5s [lockup_inject/0:45]
+        ("soft_lockup", 34.039297, 0, 253),  # soft lockup on cpu 0, stuck for 11s [lockup_inject/0:45]
+        ("lockup_released", 34.485418, 0, 278),  # lockup released on cpu 0 after 12800 ms
+    ],
+    "guest-buddy-2cpu-hardlockup-panic.log": [
+        ("boot_complete", 1.327466, None, 231),  # running /init
+        ("boot_complete", 1.679482, None, 233),  # guest agent ready
+        ("lockup_injected", 1.734524, 1, 234),  # irqoff lockup injected on cpu 1 for 14000 ms
+        ("hard_lockup", 7.525077, 1, 235),  # hard LOCKUP on cpu 1
+        ("panic", 7.54188, 0, 263),  # Kernel panic: Hard LOCKUP
+    ],
+    "guest-buddy-2cpu-iommu-lockups.log": [
+        ("boot_complete", 1.14614, None, 240),  # running /init
+        ("boot_complete", 1.376488, None, 242),  # guest agent ready
+        ("lockup_injected", 7.517996, 0, 246),  # irqoff lockup injected on cpu 0 for 14000 ms
+        ("hard_lockup", 12.603829, 0, 247),  # hard LOCKUP on cpu 0
+        ("soft_lockup", 19.004052, 1, 275),  # soft lockup on cpu 1, stuck for 11s [sh:48]
+        ("lockup_released", 21.519052, 0, 316),  # lockup released on cpu 0 after 14000 ms
+        ("lockup_injected", 21.549701, 1, 317),  # irqoff lockup injected on cpu 1 for 14000 ms
+        ("hard_lockup", 28.498143, 1, 319),  # hard LOCKUP on cpu 1
+        ("lockup_released", 35.550801, 1, 346),  # lockup released on cpu 1 after 14000 ms
+        ("lockup_injected", 35.587639, 1, 347),  # preemptoff lockup injected on cpu 1 for 12800 ms
+        ("soft_lockup", 41.403992, 1, 348),  # soft lockup on cpu 1, stuck for 5s [lockup_inject/1:55]
+        ("soft_lockup", 47.804127, 1, 373),  # soft lockup on cpu 1, stuck for 11s [lockup_inject/1:55]
+        ("lockup_released", 48.388179, 1, 398),  # lockup released on cpu 1 after 12800 ms
+    ],
+    "guest-buddy-4cpu-lkdtm-hung-task.log": [
+        ("boot_complete", 1.780559, None, 230),  # running /init
+        ("boot_complete", 2.125584, None, 232),  # guest agent ready
+        ("lockup_injected", 2.233661, None, 234),  # LKDTM HUNG_TASK triggered
+        ("hung_task", 9.384563, None, 238),  # hung task sh:60 (>4s)
+    ],
+    "guest-buddy-4cpu-lkdtm-softlockup-knock-on.log": [
+        ("boot_complete", 1.832622, None, 230),  # running /init
+        ("boot_complete", 2.182035, None, 232),  # guest agent ready
+        ("lockup_injected", 2.265438, None, 234),  # LKDTM SOFTLOCKUP triggered
+        ("soft_lockup", 7.896356, 1, 238),  # soft lockup on cpu 1, stuck for 5s [migration/1:20]
+        ("soft_lockup", 8.009883, 2, 269),  # soft lockup on cpu 2, stuck for 6s [sh:59]
+    ],
+    "guest-buddy-8cpu-lockups.log": [
+        ("boot_complete", 2.70323, None, 241),  # running /init
+        ("boot_complete", 3.081647, None, 243),  # guest agent ready
+        ("lockup_injected", 9.253958, 0, 247),  # irqoff lockup injected on cpu 0 for 14000 ms
+        ("hard_lockup", 13.683185, 0, 248),  # hard LOCKUP on cpu 0
+        ("lockup_released", 23.254911, 0, 276),  # lockup released on cpu 0 after 14000 ms
+        ("lockup_injected", 23.32279, 4, 278),  # irqoff lockup injected on cpu 4 for 14000 ms
+        ("hard_lockup", 29.92399, 4, 279),  # hard LOCKUP on cpu 4
+        ("lockup_released", 37.325033, 4, 306),  # lockup released on cpu 4 after 14001 ms
+        ("lockup_injected", 37.399916, 7, 307),  # irqoff lockup injected on cpu 7 for 14000 ms
+        ("hard_lockup", 42.388092, 7, 308),  # hard LOCKUP on cpu 7
+        ("lockup_released", 51.401265, 7, 335),  # lockup released on cpu 7 after 14000 ms
+        ("lockup_injected", 51.483943, 7, 336),  # preemptoff lockup injected on cpu 7 for 12800 ms
+        ("soft_lockup", 57.68514, 7, 337),  # soft lockup on cpu 7, stuck for 6s [lockup_inject/7:93]
+        ("soft_lockup", 64.085004, 7, 362),  # soft lockup on cpu 7, stuck for 12s [lockup_inject/7:93]
+        ("lockup_released", 64.284402, 7, 387),  # lockup released on cpu 7 after 12800 ms
+    ],
     "seed003-intremap-oops-partial.log": [
         ("oops", 8.466614, 0, 22),  # BUG: kernel NULL pointer dereference
         ("oops", 8.489757, 0, 26),  # Oops: 0010 [#1]; cpu from the "CPU: 0 PID: 0" line

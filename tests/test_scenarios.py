@@ -51,4 +51,5 @@ def test_scenario(case, pool, record):
     guest = pool.get(spec)
     result = scenarios.get(name)(guest, DETECTOR, cpu)
     record(result)
-    assert result.passed, f"{result.reason} (console: {guest.console.path})"
+    assert result.passed, (f"{result.reason}\n--- console tail ({guest.console.path}) ---\n"
+                           + guest.console.tail(25))
