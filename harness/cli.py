@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness import kbuild
 from harness.errors import GuestError, HarnessError
 
 
@@ -57,13 +58,13 @@ def cmd_probe_accel(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness import accel, scenarios
+    from harness import accel, catalog, expectations
     from harness.machine import MachineSpec
     from harness.qemu import Guest
-    run_scenario = scenarios.get(args.scenario)
+    run_scenario = catalog.get(args.scenario)
     spec = MachineSpec(cpus=args.cpus, sockets=args.sockets, iommu=args.iommu,
-                       watchdog_thresh=args.thresh,
-                       hardlockup_panic=args.panic).validate()
+                       watchdog_thresh=args.thresh, hardlockup_panic=args.panic,
+                       **expectations.machine_defaults(args.detector)).validate()
     if args.cpu is not None and not 0 <= args.cpu < spec.cpus:
         raise HarnessError(f"--cpu {args.cpu} is outside the guest (cpus 0-{spec.cpus - 1})")
     kernel_img = Path(args.kernel) if args.kernel else None
@@ -88,14 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, help_ in (("kernel", cmd_kernel, "build (or reuse) the guest kernel"),
                             ("initramfs", cmd_initramfs, "build the guest initramfs")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--detector", default="buddy")
+        s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
         s.set_defaults(func=fn)
     s = sub.add_parser("parse", help="print the events of a kernel console log")
     s.add_argument("log")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_parse)
     s = sub.add_parser("probe-accel", help="probe KVM and TCG and say which is used")
-    s.add_argument("--detector", default="buddy")
+    s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
     s.set_defaults(func=cmd_probe_accel)
     s = sub.add_parser("run", help="boot a fresh guest and run one scenario")
     s.add_argument("--scenario", required=True)
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpu", type=int, help="CPU to lock up (default: the last)")
     s.add_argument("--thresh", type=int, default=2, help="watchdog_thresh")
     s.add_argument("--panic", action="store_true", help="hardlockup_panic=1")
-    s.add_argument("--detector", default="buddy")
+    s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
     s.add_argument("--kernel", help="use this bzImage instead of the built one")
     s.add_argument("--out", default="out", help="artifacts directory")
     s.set_defaults(func=cmd_run)

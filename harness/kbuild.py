@@ -25,10 +25,13 @@ from harness.paths import (DEBIAN_TARBALL, GUEST_DIR, KERNEL_CONFIG_DIR,
 RECIPE_VERSION = "1"
 
 BASE_FRAGMENTS = ("base.config", "lockup.config")
+# The first detector is the default kernel's.
 DETECTOR_FRAGMENTS = {
+    "hpet": ("hpet.config",),
     "buddy": ("buddy.config",),
 }
-DEFAULT_DETECTOR = "buddy"
+DETECTORS = tuple(DETECTOR_FRAGMENTS)
+DEFAULT_DETECTOR = DETECTORS[0]
 EXTMOD_DIR = GUEST_DIR / "modules"
 
 

@@ -53,6 +53,13 @@ class MachineSpec:
         parts.append("iommu" if self.iommu else "noiommu")
         if self.hardlockup_panic:
             parts.append("panic")
+        if not self.hpet:
+            parts.append("nohpet")
+        elif not self.hpet_msi and self.hpet_timers > 3:
+            parts.append("nomsi")        # the HPET detector's machine, minus FSB
+        if self.hpet_msi and self.nmi_watchdog is None:
+            parts.append("wd-default")   # an HPET detector machine not asked to use it
+        parts.extend(self.cmdline_extra)
         return "-".join(parts)
 
     def with_(self, **kw) -> "MachineSpec":

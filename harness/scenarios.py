@@ -272,22 +272,3 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
 def spread_cpus(cpus: int) -> list[int]:
     """First, middle and last CPU, without repeats."""
     return sorted({0, cpus // 2, cpus - 1})
-
-
-SCENARIOS = {
-    "boot": lambda g, d, cpu: boot(g, d),
-    "idle": lambda g, d, cpu: idle(g),
-    "hard-lockup": lambda g, d, cpu: hard_lockup(g, d, cpu),
-    "soft-lockup": lambda g, d, cpu: soft_lockup(g, d, cpu),
-    "hard-lockup-test_lockup": lambda g, d, cpu: hard_lockup(g, d, cpu, "test_lockup"),
-    "soft-lockup-test_lockup": lambda g, d, cpu: soft_lockup(g, d, cpu, "test_lockup"),
-    **{f"lkdtm-{crash.lower().replace('_', '-')}":
-       (lambda crash: lambda g, d, cpu: lkdtm(g, d, cpu, crash))(crash)
-       for crash in LKDTM_TYPES},
-}
-
-
-def get(name: str):
-    if name not in SCENARIOS:
-        raise HarnessError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-    return SCENARIOS[name]

@@ -16,15 +16,26 @@ from harness.errors import GuestError
 from harness.paths import REPO
 from harness.qemu import Guest
 
-DETECTOR = os.environ.get("HARNESS_DETECTOR", kbuild.DEFAULT_DETECTOR)
+# HARNESS_DETECTORS=hpet,buddy: the detectors whose kernels the scenario
+# tests run, side by side; the first one is the default kernel's.
+DETECTORS = os.environ.get("HARNESS_DETECTORS", ",".join(kbuild.DETECTORS)).split(",")
+DETECTOR = DETECTORS[0]
 OUT = Path(os.environ.get("HARNESS_OUT", REPO / "out"))
 _results: list[dict] = []
+_built: dict = {}
+
+
+def build(detector: str):
+    """The kernel and initramfs for a detector, built once per session."""
+    if detector not in _built:
+        kernel = kbuild.build_kernel(detector, os.environ.get("KERNEL_SRC"))
+        _built[detector] = kernel, initramfs.build_initramfs(kernel, kernel.build_dir.parent)
+    return _built[detector]
 
 
 @pytest.fixture(scope="session")
 def built():
-    kernel = kbuild.build_kernel(DETECTOR, os.environ.get("KERNEL_SRC"))
-    return kernel, initramfs.build_initramfs(kernel, kernel.build_dir.parent)
+    return build(DETECTOR)
 
 
 @pytest.fixture(scope="session")
@@ -34,21 +45,22 @@ def accel(built):
 
 
 class GuestPool:
-    def __init__(self, built, accel):
-        self.kernel, self.initrd = built
+    def __init__(self, accel):
         self.accel = accel
         self.guest: Guest | None = None
+        self.detector: str | None = None
         self.boots = 0
 
-    def get(self, spec) -> Guest:
+    def get(self, detector: str, spec) -> Guest:
         g = self.guest
-        if g is not None and g.spec == spec and g.alive():
+        if g is not None and self.detector == detector and g.spec == spec and g.alive():
             return g
         self.stop()
+        kernel, initrd = build(detector)
         self.boots += 1
-        workdir = OUT / "guests" / f"{spec.label()}-boot{self.boots}"
-        g = Guest(spec, self.kernel.bzimage, self.initrd, workdir, self.accel).start()
-        self.guest = g
+        workdir = OUT / "guests" / f"{detector}-{spec.label()}-boot{self.boots}"
+        g = Guest(spec, kernel.bzimage, initrd, workdir, self.accel).start()
+        self.guest, self.detector = g, detector
         g.wait_booted()
         return g
 
@@ -59,16 +71,16 @@ class GuestPool:
 
 
 @pytest.fixture(scope="session")
-def pool(built, accel):
-    p = GuestPool(built, accel)
+def pool(accel):
+    p = GuestPool(accel)
     yield p
     p.stop()
 
 
 @pytest.fixture(scope="session")
 def record():
-    def add(result):
-        _results.append(result.to_dict())
+    def add(result, detector):
+        _results.append({"detector": detector, **result.to_dict()})
     yield add
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(_results, indent=1))
@@ -90,8 +102,9 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("scenario measurements")
     for r in rows:
         m = r["measurements"]
-        keys = ("boot_seconds", "kernel_boot_seconds", "latency_s", "nmi_watchdog")
+        keys = ("boot_seconds", "kernel_boot_seconds", "latency_s", "nmi_per_cpu_per_s",
+                "tsc_error_ns", "knock_on_cpus")
         shown = ", ".join(f"{k}={m[k]}" for k in keys if k in m)
         terminalreporter.write_line(
-            f"{'PASS' if r['passed'] else 'FAIL'} {r['machine']:<16} "
-            f"{r['scenario']:<24} {shown}")
+            f"{'PASS' if r['passed'] else 'FAIL'} {r['detector']:<6} {r['machine']:<18} "
+            f"{r['scenario']:<28} {shown}")

@@ -1,0 +1,35 @@
+"""Every scenario by name, as the command line and the tests call them.
+
+Each entry takes (guest, detector, cpu); cpu is the CPU to act on where the
+scenario has one (None otherwise).
+"""
+from harness import detector_scenarios as ds
+from harness import scenarios as sc
+from harness.errors import HarnessError
+
+SCENARIOS = {
+    "boot": lambda g, d, cpu: sc.boot(g, d),
+    "idle": lambda g, d, cpu: sc.idle(g),
+    "hard-lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu),
+    "soft-lockup": lambda g, d, cpu: sc.soft_lockup(g, d, cpu),
+    "hard-lockup-test_lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu, "test_lockup"),
+    "soft-lockup-test_lockup": lambda g, d, cpu: sc.soft_lockup(g, d, cpu, "test_lockup"),
+    **{f"lkdtm-{crash.lower().replace('_', '-')}":
+       (lambda crash: lambda g, d, cpu: sc.lkdtm(g, d, cpu, crash))(crash)
+       for crash in sc.LKDTM_TYPES},
+    "enabled": lambda g, d, cpu: ds.enabled(g, d),
+    "all-locked": lambda g, d, cpu: ds.many_locked(g, d, list(range(g.spec.cpus))),
+    "all-but-one-locked": lambda g, d, cpu: ds.many_locked(
+        g, d, [c for c in range(g.spec.cpus) if c != (cpu or 0)]),
+    "cpumask-excluded": lambda g, d, cpu: ds.cpumask_excluded(g, d, cpu),
+    "runtime-changes": lambda g, d, cpu: ds.runtime_changes(g, d),
+    "handling-cpu-hotplug": lambda g, d, cpu: ds.handling_cpu_hotplug(g, d),
+    "declines": lambda g, d, cpu: ds.declines(g, d),
+    "sysrq-backtrace": lambda g, d, cpu: ds.sysrq_backtrace(g, d),
+}
+
+
+def get(name: str):
+    if name not in SCENARIOS:
+        raise HarnessError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]

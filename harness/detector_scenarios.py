@@ -1,0 +1,281 @@
+"""Scenarios about the hardlockup detector itself rather than one lockup:
+is it on and ticking at a sane NMI rate, does it see several CPUs locked at
+once, does it honour watchdog_cpumask and run-time changes, does it decline
+cleanly, and does it leave other NMI users alone.
+"""
+import re
+import time
+
+from harness import expectations
+from harness.errors import HarnessError
+from harness.qemu import Guest
+from harness.scenarios import (BAD_KINDS, INJECT, LOCKUP_KINDS, Result, _describe,
+                               _mark, _since, _wait_event, check_cpu, hard_lockup)
+
+HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
+
+
+def nmi_counts(guest: Guest) -> list[int]:
+    """Per-CPU NMI counts from /proc/interrupts."""
+    for line in guest.check("cat /proc/interrupts").splitlines():
+        if line.strip().startswith("NMI:"):
+            return [int(x) for x in line.split()[1:1 + guest.spec.cpus]]
+    raise HarnessError("no NMI line in /proc/interrupts")
+
+
+def cpulist(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _observe(guest: Guest, seconds: float, kinds) -> list:
+    """Watch the console for `seconds`; stop early if any of `kinds` shows."""
+    start = _mark(guest)
+    guest.console.wait_until(lambda: bool(_since(guest, start, kinds)),
+                             time.monotonic() + seconds, guest.alive)
+    return _since(guest, start, kinds)
+
+
+def enabled(guest: Guest, detector: str) -> Result:
+    """The detector is on, every monitored CPU takes its NMIs at one rate."""
+    name, label = "enabled", guest.spec.label()
+    thresh = guest.spec.watchdog_thresh
+    m: dict = {}
+    if guest.check("cat /proc/sys/kernel/nmi_watchdog").strip() != "1":
+        return Result(name, label, False, "nmi_watchdog does not read 1", m)
+    if detector != "hpet":
+        return Result(name, label, True, f"{detector} detector on", m)
+    on = guest.console.events("detector_enabled")
+    if not on:
+        return Result(name, label, False, "no 'hpet_hld: enabled' line", m)
+    monitored = cpulist(guest.check(f"cat {HLD_DEBUGFS}/monitored_cpus"))
+    m["channel"] = int(guest.check(f"cat {HLD_DEBUGFS}/channel"))
+    m["handling_cpu"] = int(guest.check(f"cat {HLD_DEBUGFS}/handling_cpu"))
+    if monitored != set(range(guest.spec.cpus)):
+        return Result(name, label, False, f"monitoring {sorted(monitored)}, not all CPUs", m)
+    window = 5.0 * thresh
+    before, t0 = nmi_counts(guest), time.monotonic()
+    bad = _observe(guest, window, BAD_KINDS + LOCKUP_KINDS)
+    after, t1 = nmi_counts(guest), time.monotonic()
+    rates = [round((a - b) / (t1 - t0), 3) for a, b in zip(after, before)]
+    m["nmi_per_cpu_per_s"] = rates
+    m["tsc_error_ns"] = {k: int(guest.check(f"cat {HLD_DEBUGFS}/tsc_error_{k}_ns"))
+                         for k in ("min", "max", "last")}
+    if bad:
+        return Result(name, label, False, "while idle: " + _describe(bad), m)
+    # One NMI per check on every CPU: at least one per 2*thresh (or it could
+    # not detect within that), and not absurdly many.
+    low, high = 1.0 / (2 * thresh), 4.0 / thresh
+    off = [cpu for cpu, r in enumerate(rates) if not low <= r <= high]
+    if off:
+        return Result(name, label, False, f"NMI rate on cpus {off} outside "
+                      f"{low:.2f}..{high:.2f}/s: {rates}", m)
+    if max(rates) - min(rates) > 0.25 * max(rates):
+        return Result(name, label, False, f"CPUs take NMIs at unequal rates: {rates}", m)
+    return Result(name, label, True, f"channel {m['channel']}, handling cpu "
+                  f"{m['handling_cpu']}, {min(rates):.2f}-{max(rates):.2f} NMI/s per CPU", m)
+
+
+def many_locked(guest: Guest, detector: str, cpus: list[int]) -> Result:
+    """Lock several CPUs at once; each must be reported, if it can be."""
+    for cpu in cpus:
+        check_cpu(guest, cpu)
+    n = guest.spec.cpus
+    name = "all-locked" if len(cpus) == n else f"{len(cpus)}-of-{n}-locked"
+    label = guest.spec.label()
+    expected, why = expectations.reported_when_locked(detector, set(cpus), n)
+    bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
+    hold_ms = int((bound + guest.spec.watchdog_thresh + 2) * 1000)
+    start = _mark(guest)
+    lst = ",".join(map(str, cpus))
+    guest.send(f"echo 'irqoff {lst} {hold_ms}' > {INJECT}")
+    injected = {cpu: _wait_event(guest, start, "lockup_injected", cpu, 10) for cpu in cpus}
+    missing = [c for c, e in injected.items() if e is None]
+    if missing:
+        raise guest.failure(f"{name}: no injection marker for cpus {missing}")
+    for cpu in cpus:
+        _wait_event(guest, start, "lockup_released", cpu, hold_ms / 1000 + 30)
+    guest.check("true", timeout=30)
+    reports = _since(guest, start, ("hard_lockup",))
+    reported = {e.cpu for e in reports}
+    m = {"cpus": cpus, "reported": sorted(reported, key=str)}
+    first = {}
+    for e in reports:
+        first.setdefault(e.cpu, e.time - injected[e.cpu].time if e.cpu in injected else None)
+    m["latency_s"] = {c: round(t, 3) for c, t in first.items() if t is not None}
+    bad = _since(guest, start, BAD_KINDS)
+    if bad:
+        return Result(name, label, False, "unexpected: " + _describe(bad), m)
+    m["expected"] = sorted(expected)
+    if reported != expected:
+        return Result(name, label, False, f"reported cpus {sorted(reported, key=str)}, "
+                      f"expected {sorted(expected)} ({why})", m)
+    late = {c: t for c, t in m["latency_s"].items() if not 0 <= t <= bound}
+    if late:
+        return Result(name, label, False, f"reports outside 0..{bound:.1f} s: {late}", m)
+    return Result(name, label, True, f"{len(expected)} of {len(cpus)} locked cpus "
+                  f"reported, as expected: {why}", m)
+
+
+def cpumask_excluded(guest: Guest, detector: str, cpu: int) -> Result:
+    """A CPU outside watchdog_cpumask is never reported, whatever it does."""
+    check_cpu(guest, cpu)
+    n = guest.spec.cpus
+    if n < 2:
+        raise HarnessError("cpumask-excluded needs at least 2 CPUs")
+    name, label = f"cpumask-excluded@cpu{cpu}", guest.spec.label()
+    keep = ",".join(str(c) for c in range(n) if c != cpu)
+    guest.check(f"echo {keep} > /proc/sys/kernel/watchdog_cpumask")
+    try:
+        result = hard_lockup(guest, detector, cpu)
+    finally:
+        guest.check(f"echo 0-{n - 1} > /proc/sys/kernel/watchdog_cpumask")
+    reported = "latency_s" in result.measurements
+    if reported:
+        return Result(name, label, False, f"cpu {cpu} is outside watchdog_cpumask "
+                      "but was reported", result.measurements)
+    if not result.measurements.get("injected_at"):
+        return Result(name, label, False, result.reason, result.measurements)
+    return Result(name, label, True, f"cpu {cpu} locked, outside the mask, "
+                  "not reported", result.measurements)
+
+
+def sysrq_backtrace(guest: Guest, detector: str) -> Result:
+    """Other NMI users still work: sysrq-l backtraces every CPU by NMI."""
+    name, label = "sysrq-backtrace", guest.spec.label()
+    start, offset = _mark(guest), len(guest.console.text)
+    guest.check("echo l > /proc/sysrq-trigger")
+    pat = re.compile(r"NMI backtrace for cpu (\d+)")
+
+    def seen():
+        return {int(m.group(1)) for m in pat.finditer(guest.console.text, offset)}
+
+    guest.console.wait_until(lambda: len(seen()) >= guest.spec.cpus,
+                             time.monotonic() + 10 * guest.scale, guest.alive)
+    got = seen()
+    bad = _since(guest, start, BAD_KINDS + LOCKUP_KINDS)
+    m = {"backtraced": sorted(got)}
+    if bad:
+        return Result(name, label, False, "unexpected: " + _describe(bad), m)
+    if got != set(range(guest.spec.cpus)):
+        return Result(name, label, False, f"NMI backtraces from cpus {sorted(got)} only", m)
+    return Result(name, label, True, "every CPU backtraced, no unknown NMI", m)
+
+
+def _set(guest: Guest, knob: str, value) -> None:
+    guest.check(f"echo {value} > /proc/sys/kernel/{knob}")
+
+
+def _quiet_lockup(guest: Guest, cpu: int, seconds: float) -> list:
+    """Lock `cpu` while the detector is off: return any lockup reports."""
+    start = _mark(guest)
+    guest.send(f"echo 'irqoff {cpu} {int(seconds * 1000)}' > {INJECT}")
+    if _wait_event(guest, start, "lockup_injected", cpu, 10) is None:
+        raise guest.failure(f"no injection marker for cpu {cpu}")
+    _wait_event(guest, start, "lockup_released", cpu, seconds + 30)
+    guest.check("true", timeout=30)
+    return _since(guest, start, ("hard_lockup",))
+
+
+def runtime_changes(guest: Guest, detector: str) -> Result:
+    """watchdog_thresh 10 -> 2 -> 0 -> 4 and nmi_watchdog 0 -> 1 at run time:
+    detection works when on, nothing fires when off."""
+    name, label = "runtime-changes", guest.spec.label()
+    spec0, n = guest.spec, guest.spec.cpus
+    target = n - 1
+    steps: list[str] = []
+    try:
+        for thresh, expect in ((10, None), (2, True), (0, False), (4, True)):
+            _set(guest, "watchdog_thresh", thresh)
+            guest.spec = spec0.with_(watchdog_thresh=thresh)   # bounds follow
+            if expect is None:
+                continue
+            if expect:
+                r = hard_lockup(guest, detector, target)
+                steps.append(f"thresh={thresh}: {r.reason}")
+                if not r.passed:
+                    return Result(name, label, False, "; ".join(steps), r.measurements)
+            else:
+                got = _quiet_lockup(guest, target, 10)
+                steps.append(f"thresh=0: {len(got)} reports")
+                if got:
+                    return Result(name, label, False, "; ".join(steps) +
+                                  " while disabled: " + _describe(got), {})
+        _set(guest, "nmi_watchdog", 0)
+        got = _quiet_lockup(guest, target, 10)
+        steps.append(f"nmi_watchdog=0: {len(got)} reports")
+        if got:
+            return Result(name, label, False, "; ".join(steps), {})
+        _set(guest, "nmi_watchdog", 1)
+        r = hard_lockup(guest, detector, target)
+        steps.append(f"nmi_watchdog=1: {r.reason}")
+        return Result(name, label, r.passed, "; ".join(steps), r.measurements)
+    finally:
+        _set(guest, "nmi_watchdog", 1)
+        _set(guest, "watchdog_thresh", spec0.watchdog_thresh)
+        guest.spec = spec0
+
+
+def handling_cpu_hotplug(guest: Guest, detector: str) -> Result:
+    """Offline the CPU that takes the HPET NMI (moving it off CPU 0 first,
+    which x86 cannot offline): detection still works, on it once back too."""
+    name, label = "handling-cpu-hotplug", guest.spec.label()
+    n = guest.spec.cpus
+    if n < 3:
+        raise HarnessError("handling-cpu-hotplug needs at least 3 CPUs")
+    steps: list[str] = []
+    try:
+        _set(guest, "watchdog_cpumask", f"1-{n - 1}")
+        h = int(guest.check(f"cat {HLD_DEBUGFS}/handling_cpu")) if detector == "hpet" else 1
+        steps.append(f"handling cpu {h}")
+        guest.check(f"echo 0 > /sys/devices/system/cpu/cpu{h}/online")
+        target = n - 1 if h != n - 1 else n - 2
+        r = hard_lockup(guest, detector, target)
+        steps.append(f"cpu{h} offline, lockup on cpu{target}: {r.reason}")
+        if not r.passed:
+            return Result(name, label, False, "; ".join(steps), r.measurements)
+        guest.check(f"echo 1 > /sys/devices/system/cpu/cpu{h}/online")
+        r = hard_lockup(guest, detector, h)
+        steps.append(f"cpu{h} back, lockup on it: {r.reason}")
+        return Result(name, label, r.passed, "; ".join(steps), r.measurements)
+    finally:
+        for cpu in range(1, n):
+            guest.run(f"echo 1 > /sys/devices/system/cpu/cpu{cpu}/online")
+        _set(guest, "watchdog_cpumask", f"0-{n - 1}")
+
+
+def expected_decline(spec) -> str | None:
+    """The reason the HPET detector must give for not running on `spec`."""
+    if spec.nmi_watchdog != "hpet":
+        return "nmi_watchdog=hpet not on the command line"
+    if not spec.hpet:
+        return "no HPET"
+    if "tsc=unstable" in spec.cmdline_extra:
+        return "TSC unstable"
+    if not spec.hpet_msi:
+        return "no FSB-capable free channel"
+    return None
+
+
+def declines(guest: Guest, detector: str) -> Result:
+    """The HPET detector declines with the right reason and reserves nothing;
+    the guest still boots and idles clean."""
+    name, label = "declines", guest.spec.label()
+    why = expected_decline(guest.spec)
+    if why is None:
+        raise HarnessError(f"{label}: nothing here makes the HPET detector decline")
+    said = [e for e in guest.console.events("detector_disabled") if "hpet_hld" in e.text]
+    m = {"said": [e.title for e in said]}
+    if guest.console.events("detector_enabled"):
+        return Result(name, label, False, "enabled although " + why, m)
+    if not any(why in e.text for e in said):
+        return Result(name, label, False, f"no 'hpet_hld: not used: {why}' line", m)
+    if guest.run(f"test -e {HLD_DEBUGFS}/channel").status == 0:
+        return Result(name, label, False, "a channel is reserved anyway", m)
+    bad = _observe(guest, 3.0 * max(guest.spec.watchdog_thresh, 1), BAD_KINDS + LOCKUP_KINDS)
+    if bad:
+        return Result(name, label, False, "while idle: " + _describe(bad), m)
+    return Result(name, label, True, f"declined: {why}; idle clean", m)
