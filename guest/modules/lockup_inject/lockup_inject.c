@@ -36,6 +36,7 @@ static DEFINE_MUTEX(li_lock);		/* serializes writers */
 static struct cpumask li_mask;		/* protected by li_lock */
 static DEFINE_PER_CPU(struct task_struct *, li_task);
 static atomic_t li_active;		/* threads still locking up */
+static atomic_t li_armed;		/* threads ready to lock up */
 
 /* Set under li_lock before the threads are woken, read-only after. */
 static enum lockup_mode li_mode;
@@ -45,6 +46,14 @@ static int lockup_fn(void *data)
 {
 	unsigned int cpu = (unsigned long)data;
 	u64 start, dur = (u64)li_ms * NSEC_PER_MSEC;
+
+	/*
+	 * Lock up together: a CPU locked up early can keep another target's
+	 * thread from ever starting (its CPU waits for an IPI to the first).
+	 */
+	atomic_inc(&li_armed);
+	while (atomic_read(&li_armed) < cpumask_weight(&li_mask))
+		cpu_relax();
 
 	pr_warn("cpu %u: %s lockup for %u ms\n", cpu, mode_names[li_mode], li_ms);
 
@@ -107,6 +116,7 @@ static int li_start(void)
 	}
 
 	atomic_set(&li_active, cpumask_weight(&li_mask));
+	atomic_set(&li_armed, 0);
 
 	/*
 	 * The writer's own CPU may be a target: wake everything before that
