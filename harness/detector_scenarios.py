@@ -9,8 +9,9 @@ import time
 from harness import expectations
 from harness.errors import HarnessError
 from harness.qemu import Guest
-from harness.scenarios import (BAD_KINDS, INJECT, LOCKUP_KINDS, Result, _describe,
-                               _mark, _since, _wait_event, check_cpu, hard_lockup)
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, _describe, _mark,
+                               _since, _wait_event, check_cpu, hard_lockup,
+                               inject_command)
 
 HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
 
@@ -91,7 +92,7 @@ def many_locked(guest: Guest, detector: str, cpus: list[int]) -> Result:
     hold_ms = int((bound + guest.spec.watchdog_thresh + 2) * 1000)
     start = _mark(guest)
     lst = ",".join(map(str, cpus))
-    guest.send(f"echo 'irqoff {lst} {hold_ms}' > {INJECT}")
+    guest.send(inject_command("lockup_inject", "irqoff", lst, hold_ms))
     injected = {cpu: _wait_event(guest, start, "lockup_injected", cpu, 10) for cpu in cpus}
     missing = [c for c, e in injected.items() if e is None]
     if missing:
@@ -172,7 +173,7 @@ def _set(guest: Guest, knob: str, value) -> None:
 def _quiet_lockup(guest: Guest, cpu: int, seconds: float) -> list:
     """Lock `cpu` while the detector is off: return any lockup reports."""
     start = _mark(guest)
-    guest.send(f"echo 'irqoff {cpu} {int(seconds * 1000)}' > {INJECT}")
+    guest.send(inject_command("lockup_inject", "irqoff", cpu, int(seconds * 1000)))
     if _wait_event(guest, start, "lockup_injected", cpu, 10) is None:
         raise guest.failure(f"no injection marker for cpu {cpu}")
     _wait_event(guest, start, "lockup_released", cpu, seconds + 30)

@@ -98,8 +98,9 @@ INJECTORS = ("lockup_inject", "test_lockup")
 LKDTM_DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
 
 
-def inject_command(injector: str, mode: str, cpu: int, ms: int) -> str:
-    """The guest shell command that locks up `cpu` in `mode` for `ms`."""
+def inject_command(injector: str, mode: str, cpu: int | str, ms: int) -> str:
+    """The guest shell command that locks up `cpu` (or a cpulist such as
+    "1,2,3") in `mode` for `ms`."""
     if injector == "lockup_inject":
         return f"echo '{mode} {cpu} {ms}' > {INJECT}"
     if injector == "test_lockup":
@@ -246,7 +247,7 @@ def soft_lockup(guest: Guest, detector: str, cpu: int,
                    f"{name}@cpu{cpu}", injector)
 
 
-# LKDTM crash type -> (report kind, whether the detector can see it).
+# LKDTM crash type -> the kind of report it must cause.
 LKDTM_TYPES = {"HARDLOCKUP": "hard_lockup", "SOFTLOCKUP": "soft_lockup",
                "SPINLOCKUP": "soft_lockup", "HUNG_TASK": "hung_task"}
 HUNG_TASK_TIMEOUT_S = 4
@@ -282,12 +283,12 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
                 raise guest.failure(f"{name}: LKDTM never said it triggered {crash}")
         m = {"cpu": cpu, "crash": crash, "bound_s": bound, "injected_at": injected.time}
         others = ",".join(str(c) for c in range(guest.spec.cpus) if c != cpu)
-        report = _wait_event(guest, start, kind, None if kind == "hung_task" else cpu,
+        target = None if kind == "hung_task" else cpu   # a hung task has no CPU
+        report = _wait_event(guest, start, kind, target,
                              bound + 2 if visible else bound + thresh,
                              nudge_cpus=others or None)
         if report is not None:
             m["latency_s"] = round(report.time - injected.time, 3)
-        target = None if kind == "hung_task" else cpu
         result = _report_verdict(guest, name, start, kind, target, visible, why, m)
     finally:
         guest.stop()    # the lockup never ends: nobody may reuse this guest
