@@ -116,7 +116,28 @@ class Guest:
         except GuestError as e:
             raise self.failure(f"boot: {e}") from None
         self.boot_seconds = time.monotonic() - self.t_start
+        self.wait_settled(timeout)
         return self.boot_seconds
+
+    # Boot leaves one piece of work running behind /init: the TSC's refined
+    # calibration, which registers the "tsc" clocksource about a second later
+    # and switches to it with stop_machine(). A lockup injected before that
+    # holds every other CPU in stop_machine (soft lockups on all of them),
+    # and we once saw the guest stop answering afterwards. Wait until
+    # "tsc-early" is gone: then the switch is done (reading the sysfs file
+    # takes the same mutex) or the TSC was found unusable.
+    SETTLED = ("while grep -qw tsc-early "
+               "/sys/devices/system/clocksource/clocksource0/available_clocksource; "
+               "do sleep 0.1; done")
+
+    def wait_settled(self, timeout: float = 30.0) -> float:
+        t = time.monotonic()
+        try:
+            self.agent.run(self.SETTLED, timeout * self.scale)
+        except GuestError as e:
+            raise self.failure(f"boot: clocksource never settled: {e}") from None
+        self.settle_seconds = time.monotonic() - t
+        return self.settle_seconds
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -57,6 +57,7 @@ def boot(guest: Guest, detector: str) -> Result:
     bad = _since(guest, 0, BAD_KINDS)
     nmi_wd = guest.check("cat /proc/sys/kernel/nmi_watchdog").strip()
     m = {"boot_seconds": round(getattr(guest, "boot_seconds", 0.0), 2),
+         "settle_seconds": round(getattr(guest, "settle_seconds", 0.0), 2),
          "nmi_watchdog": nmi_wd}
     booted = guest.console.events("boot_complete")
     if booted and booted[-1].time is not None:

@@ -102,7 +102,7 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("scenario measurements")
     for r in rows:
         m = r["measurements"]
-        keys = ("boot_seconds", "kernel_boot_seconds", "latency_s", "nmi_per_cpu_per_s",
+        keys = ("boot_seconds", "settle_seconds", "kernel_boot_seconds", "latency_s", "nmi_per_cpu_per_s",
                 "tsc_error_ns", "knock_on_cpus")
         shown = ", ".join(f"{k}={m[k]}" for k in keys if k in m)
         terminalreporter.write_line(
