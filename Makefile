@@ -7,10 +7,13 @@ PY := $(VENV)/bin/python
 DETECTORS ?= hpet,buddy
 OUT ?= out
 PYTEST_ARGS ?=
+MATRIX ?= matrix/nightly.toml
+JOBS ?= 0
+RUN_ARGS ?=
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.12 build-essential \
 	flex bison bc libelf-dev libssl-dev cpio kmod python3-venv
 
-.PHONY: help deps kernel initramfs test nightly unit clean-out
+.PHONY: help deps kernel initramfs test nightly bench unit clean-out
 
 help:
 	@echo "make deps       install Debian packages (as root) and the Python venv"
@@ -18,8 +21,10 @@ help:
 	@echo "make initramfs  build the guest initramfs for that kernel"
 	@echo "make test       everything: deps, kernel, unit tests and scenario tests on real guests"
 	@echo "make unit       only the tests that need no guest"
-	@echo "make nightly    the default scenario matrix with a report in $(OUT)/"
-	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), DETECTORS, OUT, PYTEST_ARGS"
+	@echo "make nightly    the matrix [MATRIX=$(MATRIX)] with reports in $(OUT)/, KTAP on stdout"
+	@echo "make bench      boot time per vCPU count, matrix wall time, cases per minute"
+	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), DETECTORS, OUT, PYTEST_ARGS,"
+	@echo "           MATRIX, JOBS (guests at once), RUN_ARGS (e.g. --cpus 1,2 --scenario hard-lockup)"
 
 deps: $(PY)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
@@ -41,16 +46,23 @@ initramfs: deps
 	for d in $(subst $(comma), ,$(DETECTORS)); do $(PY) -m harness initramfs --detector $$d || exit 1; done
 
 unit: deps
-	$(PY) -m pytest -q tests --ignore=tests/test_scenarios.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests -m "not kernel" $(PYTEST_ARGS)
 
+# Everything: the tests that are not matrix cases, then the matrix itself
+# through the same runner as `make nightly` (its reports in $(OUT)/).
 test: kernel
 	HARNESS_DETECTORS=$(DETECTORS) HARNESS_OUT=$(OUT) $(PY) -m pytest -v tests \
-		--junitxml=$(OUT)/junit.xml $(PYTEST_ARGS)
+		--ignore=tests/test_scenarios.py --junitxml=$(OUT)/junit-tests.xml $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory nightly
 
+# The default matrix through the runner: KTAP on stdout, HTML/JUnit/JSON
+# reports and every case's artifacts in $(OUT)/. JOBS=0: half the cores.
 nightly: kernel
-	HARNESS_DETECTORS=$(DETECTORS) HARNESS_OUT=$(OUT) $(PY) -m pytest -v tests/test_scenarios.py \
-		--junitxml=$(OUT)/junit.xml $(PYTEST_ARGS)
-	@echo "report: $(OUT)/results.json $(OUT)/junit.xml, console logs in $(OUT)/guests/"
+	$(PY) -m harness run --matrix $(MATRIX) --detector $(DETECTORS) --out $(OUT) \
+		--jobs $(JOBS) $(RUN_ARGS)
+
+bench: kernel
+	$(PY) -m harness bench --out $(OUT)/bench
 
 clean-out:
 	rm -rf $(OUT)

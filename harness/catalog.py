@@ -26,7 +26,19 @@ SCENARIOS = {
     "handling-cpu-hotplug": lambda g, d, cpu: ds.handling_cpu_hotplug(g, d),
     "declines": lambda g, d, cpu: ds.declines(g, d),
     "sysrq-backtrace": lambda g, d, cpu: ds.sysrq_backtrace(g, d),
+    # Deliberately wrong: locks up `cpu` but expects the report on the next
+    # CPU. It must fail; it shows what a failure looks like in the reports.
+    "canary-wrong-cpu": lambda g, d, cpu: sc.hard_lockup(
+        g, d, cpu, expect_cpu=(cpu + 1) % g.spec.cpus),
 }
+
+# Scenarios that act on one CPU (the others take none), and those that need
+# more than one CPU to mean anything.
+TAKES_CPU = {"hard-lockup", "soft-lockup", "hard-lockup-test_lockup",
+             "soft-lockup-test_lockup", "all-but-one-locked", "cpumask-excluded",
+             "canary-wrong-cpu", *(n for n in SCENARIOS if n.startswith("lkdtm-"))}
+NEEDS_TWO_CPUS = {"all-locked", "all-but-one-locked", "canary-wrong-cpu",
+                  "cpumask-excluded", "handling-cpu-hotplug"}
 
 
 def get(name: str):

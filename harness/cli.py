@@ -12,7 +12,7 @@ from harness.errors import GuestError, HarnessError
 
 def _on_off(value: str) -> bool:
     if value not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+        raise HarnessError(f"expected on or off, got {value!r}")
     return value == "on"
 
 
@@ -57,30 +57,163 @@ def cmd_probe_accel(args) -> int:
     return 0
 
 
+AXIS_FLAGS = ("cpus", "sockets", "threads", "memory", "iommu", "hpet", "hpet_msi",
+              "hpet_timers", "thresh", "panic", "nmi_watchdog", "cmdline")
+SELECT_FLAGS = ("detector", "cpus", "iommu", "scenario", "case")
+OUTPUTS = ("cases", "guests", "cases.json", "results.json", "report.html",
+           "report.ktap", "junit.xml", "pytest.log")
+
+
+def _axis_values(key: str, text: str) -> list:
+    """'1,2,4' -> [1, 2, 4]; 'on,off' -> [True, False]; for --cmdline the
+    whole text is one value."""
+    from harness.matrix import AXES
+    kind = AXES[key][1]
+    parts = [text] if key == "cmdline" else text.split(",")
+    out = []
+    for p in parts:
+        if kind is bool:
+            out.append(_on_off(p))
+        elif kind is int:
+            try:
+                out.append(int(p))
+            except ValueError:
+                raise HarnessError(f"--{key.replace('_', '-')} {text}: "
+                                   f"expected numbers, e.g. 1,2,4") from None
+        else:
+            out.append(p)
+    return out
+
+
+def select_cases(args) -> list:
+    """The cases a run asks for: a matrix file filtered by the selection
+    flags, or one group made of the axes on the command line."""
+    from harness import matrix
+    if args.matrix:
+        extra = [k for k in AXIS_FLAGS if getattr(args, k) is not None
+                 and k not in SELECT_FLAGS]
+        if extra:
+            raise HarnessError(f"--{extra[0].replace('_', '-')} cannot be used with "
+                               f"--matrix; select with --detector --cpus --iommu "
+                               f"--scenario --case")
+        cases = matrix.load(Path(args.matrix))
+        split = lambda v: v.split(",") if v else None  # noqa: E731
+        cases = matrix.select(
+            cases, detectors=split(args.detector),
+            cpus=_axis_values("cpus", args.cpus) if args.cpus else None,
+            iommu=_axis_values("iommu", args.iommu) if args.iommu else None,
+            scenarios=[s.split("@")[0] for s in split(args.scenario)]
+            if args.scenario else None,
+            ids=split(args.case))
+        if not cases:
+            raise HarnessError(f"no case of {args.matrix} matches the selection")
+        return cases
+    if not args.scenario:
+        raise HarnessError("say what to run: --scenario NAME[@CPUS],... or --matrix FILE")
+    if args.case:
+        raise HarnessError("--case selects from a matrix file: add --matrix FILE")
+    group = {"detector": (args.detector or kbuild.DEFAULT_DETECTOR).split(","),
+             "scenarios": args.scenario.split(",")}
+    for key in AXIS_FLAGS:
+        if getattr(args, key) is not None:
+            group[key] = _axis_values(key, getattr(args, key))
+    group.setdefault("cpus", [2])
+    cases = matrix.name_cases(matrix.expand_group("command line", group))
+    if not cases:
+        raise HarnessError("the selection has no case (a scenario that needs "
+                           "two CPUs on one CPU?)")
+    return cases
+
+
+def _clear_outputs(out: Path) -> None:
+    """Only what a run writes: a user's own files in --out stay."""
+    import shutil
+    for name in OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def default_jobs() -> int:
+    """Guests at once. Under TCG every vCPU is a host thread: half the host
+    cores keeps one guest's timing from being another guest's noise."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def cmd_run(args) -> int:
-    from harness import accel, catalog, expectations
+    """Run cases as pytest cases (tests/test_scenarios.py): one code path
+    for `make test`, `make nightly` and a single reproduced case."""
+    import subprocess
+    from harness import report
+    from harness.paths import REPO
+    from harness.qemu import die_with_parent
+    cases = select_cases(args)
+    detectors = sorted({c.detector for c in cases})
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out)
+    for d in detectors:                  # build before the clock starts
+        prepare(d, out)
+    (out / "cases.json").write_text(json.dumps([c.to_dict() for c in cases], indent=1))
+    jobs = args.jobs or default_jobs()
+    argv = [sys.executable, "-m", "pytest", "tests/test_scenarios.py", "-v",
+            "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}"]
+    if jobs > 1:
+        argv += ["-n", str(jobs), "--dist", "loadgroup"]
+    env = dict(os.environ, HARNESS_CASES=str(out / "cases.json"), HARNESS_OUT=str(out),
+               HARNESS_RETRIES=str(args.retries), HARNESS_DETECTORS=",".join(detectors),
+               HARNESS_MATRIX=args.matrix or "command line",
+               HARNESS_COMMAND="python -m harness run " + " ".join(sys.argv[2:]))
+    print(f"harness: {len(cases)} cases, {jobs} at a time; pytest output in "
+          f"{out / 'pytest.log'}", file=sys.stderr)
+    with open(out / "pytest.log", "w") as log:
+        # pytest dies with us (and its guests with it: PDEATHSIG all the way).
+        rc = subprocess.run(argv, cwd=REPO, env=env, stdout=log,
+                            stderr=None if args.progress else log,
+                            preexec_fn=die_with_parent).returncode
+    results = out / "results.json"
+    if not results.is_file():
+        raise HarnessError(f"the run produced no results (pytest exit {rc}); "
+                           f"see {out / 'pytest.log'}")
+    summary = json.loads(results.read_text())
+    sys.stdout.write((out / "report.ktap").read_text())
+    counts = {o: sum(c["outcome"] == o for c in summary["cases"])
+              for o in ("pass", "flake", "fail", "error")}
+    print(f"harness: {', '.join(f'{n} {o}' for o, n in counts.items())} in "
+          f"{summary['meta']['wall_s'] / 60:.1f} min; report {out / 'report.html'}",
+          file=sys.stderr)
+    for c in summary["cases"]:
+        if c["outcome"] in ("fail", "error"):
+            tail = "\n".join(c.get("console_tail", "").splitlines()[-25:])
+            print(f"harness: {c['outcome'].upper()} {c['id']}: {c['reason']}\n"
+                  f"  reproduce: {c['reproduce']}\n  artifacts: {out / c['artifacts']}\n"
+                  f"  console tail:\n{tail}", file=sys.stderr)
+    return report.exit_status(summary)
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise HarnessError(f"{flag} {text}: expected numbers, e.g. 1,2") from None
+    if any(v < 1 for v in values):
+        raise HarnessError(f"{flag} {text}: every value must be at least 1")
+    return values
+
+
+def cmd_bench(args) -> int:
+    from harness import bench
     from harness.machine import MachineSpec
-    from harness.qemu import Guest
-    run_scenario = catalog.get(args.scenario)
-    spec = MachineSpec(cpus=args.cpus, sockets=args.sockets, iommu=args.iommu,
-                       watchdog_thresh=args.thresh, hardlockup_panic=args.panic,
-                       **expectations.machine_defaults(args.detector)).validate()
-    if args.cpu is not None and not 0 <= args.cpu < spec.cpus:
-        raise HarnessError(f"--cpu {args.cpu} is outside the guest (cpus 0-{spec.cpus - 1})")
-    kernel_img = Path(args.kernel) if args.kernel else None
-    if kernel_img is not None and not kernel_img.is_file():
-        raise HarnessError(f"kernel image {kernel_img} does not exist")
-    out = Path(args.out) / f"{spec.label()}-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
-    kernel, initrd = prepare(args.detector, out)
-    image = kernel_img or kernel.bzimage
-    with Guest(spec, image, initrd, out, accel.choose_accel(image, initrd)) as g:
-        g.wait_booted()
-        result = run_scenario(g, args.detector, args.cpu if args.cpu is not None
-                              else spec.cpus - 1)
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
-    print(f"{'PASS' if result.passed else 'FAIL'} {result.scenario} [{result.machine}]: "
-          f"{result.reason}  (artifacts: {out})")
-    return 0 if result.passed else 1
+    cpu_counts, jobs = _int_list("--cpus", args.cpus), _int_list("--jobs", args.jobs)
+    for c in cpu_counts:
+        MachineSpec(cpus=c).validate()
+    kernel, initrd = prepare(args.detector, Path(args.out))
+    result = bench.run(args.detector, cpu_counts, args.boots, jobs, Path(args.out),
+                       kernel, initrd)
+    print(json.dumps(result, indent=1))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,18 +231,41 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("probe-accel", help="probe KVM and TCG and say which is used")
     s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
     s.set_defaults(func=cmd_probe_accel)
-    s = sub.add_parser("run", help="boot a fresh guest and run one scenario")
-    s.add_argument("--scenario", required=True)
-    s.add_argument("--cpus", type=int, default=2)
-    s.add_argument("--sockets", type=int, default=1)
-    s.add_argument("--iommu", type=_on_off, default=False, metavar="on|off")
-    s.add_argument("--cpu", type=int, help="CPU to lock up (default: the last)")
-    s.add_argument("--thresh", type=int, default=2, help="watchdog_thresh")
-    s.add_argument("--panic", action="store_true", help="hardlockup_panic=1")
-    s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
-    s.add_argument("--kernel", help="use this bzImage instead of the built one")
-    s.add_argument("--out", default="out", help="artifacts directory")
+    s = sub.add_parser("run", help="run scenario cases on guests, with reports",
+                       description="Run a matrix file (--matrix), filtered by --detector "
+                       "--cpus --iommu --scenario --case; or the cases the axis flags "
+                       "describe (lists cross: --cpus 1,2,4 --iommu on,off). KTAP goes to "
+                       "stdout; reports, logs and artifacts to --out.")
+    s.add_argument("--matrix", help="a matrix file, e.g. matrix/nightly.toml")
+    s.add_argument("--scenario", help="NAME[@CPUS],... (CPUS: all, first, middle, "
+                   "last, spread or a number; default last)")
+    s.add_argument("--case", help="case ids from the matrix file, comma separated")
+    s.add_argument("--detector", help="hpet, buddy (comma separated)")
+    s.add_argument("--cpus", help="vCPU counts, e.g. 1,2,4")
+    s.add_argument("--iommu", help="on, off or on,off")
+    for flag, help_ in (("sockets", "sockets"), ("threads", "threads per core"),
+                        ("memory", "MiB"), ("hpet", "on|off"), ("hpet-msi", "on|off"),
+                        ("hpet-timers", "HPET comparators, 3..32"),
+                        ("thresh", "watchdog_thresh"), ("panic", "hardlockup_panic on|off"),
+                        ("nmi-watchdog", "nmi_watchdog= value, or default"),
+                        ("cmdline", "extra kernel command line")):
+        s.add_argument(f"--{flag}", help=help_)
+    s.add_argument("--jobs", type=int, default=0,
+                   help="guests at once (default: half the host's cores)")
+    s.add_argument("--retries", type=int, default=1,
+                   help="retries of a failed case on a fresh guest (counted as flakes)")
+    s.add_argument("--out", default="out", help="output directory")
+    s.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar on stderr")
     s.set_defaults(func=cmd_run)
+    s = sub.add_parser("bench", help="boot time per vCPU count; matrix wall time "
+                       "and cases per minute (matrix/bench.toml)")
+    s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
+    s.add_argument("--cpus", default="1,2,4,8,16", help="vCPU counts to boot")
+    s.add_argument("--boots", type=int, default=3, help="boots per vCPU count")
+    s.add_argument("--jobs", default="1", help="parallelism levels for the matrix, e.g. 1,2")
+    s.add_argument("--out", default="out/bench")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -26,7 +26,7 @@ _PR_SET_PDEATHSIG = 1
 _live: set["Guest"] = set()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
@@ -83,7 +83,7 @@ class Guest:
         self.t_start = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=self._stderr, stderr=self._stderr,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         _live.add(self)
         try:
             deadline = time.monotonic() + 10 * self.scale

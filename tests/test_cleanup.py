@@ -50,8 +50,8 @@ def test_no_qemu_survives_the_harness(sig, tmp_path, built):
     try:
         assert _wait(lambda: _qemus_for(str(out)), 120), "QEMU never started"
         # Let the guest get going so the signal lands mid-run.
-        assert _wait(lambda: any(out.glob("*/console.log")) and
-                     any(p.stat().st_size > 0 for p in out.glob("*/console.log")), 60)
+        assert _wait(lambda: any(out.glob("guests/*/console.log")) and
+                     any(p.stat().st_size > 0 for p in out.glob("guests/*/console.log")), 60)
         proc.send_signal(sig)
         proc.wait(60)
     finally:

@@ -1,0 +1,126 @@
+"""Run matrix cases on shared guests, retry failures on a fresh guest, and
+keep each case's artifacts.
+
+Consecutive cases on the same detector and machine share one booted guest
+(a boot under TCG costs seconds). A case that fails retires its guest, so a
+retry, and the next case, start from a fresh boot: a guest that misbehaved
+once is not trusted with another verdict.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+from harness import catalog, initramfs, kbuild
+from harness.errors import GuestError
+from harness.matrix import Case
+from harness.qemu import Guest
+
+
+class GuestPool:
+    def __init__(self, accel: str, out: Path, kernel_src: str | None = None):
+        self.accel, self.out, self.kernel_src = accel, Path(out), kernel_src
+        self.guest: Guest | None = None
+        self.key: str | None = None
+        self.boots = 0
+        self._built: dict = {}
+
+    def build(self, detector: str):
+        """The kernel and initramfs for a detector, built once per process."""
+        if detector not in self._built:
+            kernel = kbuild.build_kernel(detector, self.kernel_src)
+            initrd = initramfs.build_initramfs(kernel, kernel.build_dir.parent)
+            self._built[detector] = kernel, initrd
+        return self._built[detector]
+
+    def kernel_id(self, detector: str) -> str:
+        kernel, _ = self.build(detector)
+        return f"{kernel.release} ({kernel.build_dir.parent.name})"
+
+    def get(self, detector: str, spec) -> Guest:
+        key = f"{detector}/{spec!r}"
+        g = self.guest
+        if g is not None and self.key == key and g.alive():
+            return g
+        self.retire()
+        kernel, initrd = self.build(detector)
+        self.boots += 1
+        # The pid keeps parallel workers' guest directories apart.
+        workdir = self.out / "guests" / f"{detector}-{spec.label()}-{os.getpid()}-boot{self.boots}"
+        g = Guest(spec, kernel.bzimage, initrd, workdir, self.accel).start()
+        self.guest, self.key = g, key
+        g.wait_booted()
+        return g
+
+    def retire(self) -> None:
+        if self.guest is not None:
+            self.guest.stop()
+            self.guest = None
+
+
+def _console_lines(guest: Guest | None, start: int) -> str:
+    if guest is None:
+        return ""
+    guest.console.refresh()
+    return "\n".join(guest.console.text.splitlines()[start:])
+
+
+def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int) -> tuple[dict, dict]:
+    """One try of a case: (attempt summary, measurements)."""
+    t0 = time.monotonic()
+    guest, start = None, 0
+    try:
+        guest = pool.get(case.detector, case.spec)
+        guest.console.refresh()
+        start = guest.console.text.count("\n")
+        result = catalog.get(case.scenario)(guest, case.detector, case.cpu)
+        attempt = {"passed": result.passed, "reason": result.reason}
+        measurements = result.measurements
+    except GuestError as e:
+        attempt = {"passed": False, "reason": str(e), "error": True,
+                   "console_tail": e.console_tail}
+        measurements = {}
+    attempt["duration_s"] = round(time.monotonic() - t0, 2)
+    if guest is not None:
+        attempt["guest"] = os.path.relpath(guest.workdir, case_dir)
+        window = _console_lines(guest, start)
+        (case_dir / f"console-attempt{n}.log").write_text(window + "\n")
+        events = [e.to_dict() for e in guest.console.events() if e.line > start]
+        (case_dir / f"events-attempt{n}.json").write_text(json.dumps(events, indent=1))
+        if not attempt["passed"] and "console_tail" not in attempt:
+            attempt["console_tail"] = guest.console.tail(40)
+    if not attempt["passed"]:
+        pool.retire()
+    return attempt, measurements
+
+
+def run_case(case: Case, pool: GuestPool, retries: int = 0) -> dict:
+    """Run a case (and up to `retries` retries after a failure); return its
+    record for the reports. Its artifacts go to <out>/cases/<slug>/."""
+    case_dir = pool.out / "cases" / case.slug
+    case_dir.mkdir(parents=True, exist_ok=True)
+    attempts, measurements = [], {}
+    for n in range(1, retries + 2):
+        attempt, measurements = _attempt(case, pool, case_dir, n)
+        attempts.append(attempt)
+        if attempt["passed"]:
+            break
+    last = attempts[-1]
+    if last["passed"]:
+        outcome = "flake" if len(attempts) > 1 else "pass"
+    else:
+        outcome = "error" if last.get("error") else "fail"
+    record = {**case.to_dict(), "machine": case.spec.label(), "outcome": outcome,
+              "reason": last["reason"],
+              "attempts": [{k: v for k, v in a.items() if k != "console_tail"}
+                           for a in attempts],
+              "duration_s": round(sum(a["duration_s"] for a in attempts), 2),
+              "measurements": measurements, "reproduce": case.reproduce(),
+              "accel": pool.accel, "kernel": pool.kernel_id(case.detector),
+              "artifacts": os.path.relpath(case_dir, pool.out)}
+    if outcome != "pass":
+        record["console_tail"] = next((a["console_tail"] for a in reversed(attempts)
+                                       if "console_tail" in a), "")
+    (case_dir / "case.json").write_text(json.dumps(record, indent=1, default=str))
+    (case_dir / "reproduce.txt").write_text(record["reproduce"] + "\n")
+    return record

@@ -1,0 +1,205 @@
+"""The test matrix: machine specs crossed with scenarios, from a TOML file or
+from command line axes, expanded into a flat list of cases.
+
+A matrix file is a list of [[group]] tables. Each key of a group other than
+`name` and `scenarios` is a machine axis; a list is crossed with the other
+axes, a single value applies to every machine. Scenarios are "name" or
+"name@cpus", where cpus is all, first, middle, last, spread (first, middle
+and last) or a CPU number. Scenarios that need two CPUs are left out on
+one-CPU machines. See matrix/nightly.toml.
+"""
+import hashlib
+import itertools
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness import catalog, expectations, kbuild
+from harness.errors import HarnessError
+from harness.machine import MachineSpec
+
+# Matrix key -> MachineSpec field, and the type its values must have.
+AXES = {
+    "cpus": ("cpus", int), "sockets": ("sockets", int), "threads": ("threads", int),
+    "memory": ("memory_mb", int), "iommu": ("iommu", bool), "hpet": ("hpet", bool),
+    "hpet_msi": ("hpet_msi", bool), "hpet_timers": ("hpet_timers", int),
+    "thresh": ("watchdog_thresh", int), "panic": ("hardlockup_panic", bool),
+    "nmi_watchdog": ("nmi_watchdog", str), "cmdline": ("cmdline_extra", str),
+}
+SELECTORS = ("all", "first", "middle", "last", "spread")
+
+
+@dataclass(frozen=True)
+class Case:
+    detector: str
+    spec: MachineSpec
+    scenario: str
+    cpu: int | None
+    id: str = ""
+
+    @property
+    def guest_key(self) -> str:
+        """Cases with the same key may share one booted guest."""
+        digest = hashlib.sha1(repr(asdict(self.spec)).encode()).hexdigest()[:8]
+        return f"{self.detector}/{self.spec.label()}/{digest}"
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in self.id)
+
+    def to_dict(self) -> dict:
+        spec = asdict(self.spec)
+        spec["cmdline_extra"] = list(spec["cmdline_extra"])
+        return {"id": self.id, "detector": self.detector, "spec": spec,
+                "scenario": self.scenario, "cpu": self.cpu}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Case":
+        spec = dict(d["spec"], cmdline_extra=tuple(d["spec"]["cmdline_extra"]))
+        return cls(d["detector"], MachineSpec(**spec), d["scenario"], d["cpu"], d["id"])
+
+    def reproduce(self) -> str:
+        """A command line that runs this one case on a fresh guest."""
+        s, default = self.spec, MachineSpec(**expectations.machine_defaults(self.detector))
+        args = ["python -m harness run", f"--detector {self.detector}",
+                f"--cpus {s.cpus}", f"--iommu {'on' if s.iommu else 'off'}"]
+        for key, (field, kind) in AXES.items():
+            value, base = getattr(s, field), getattr(default, field)
+            if key in ("cpus", "iommu") or value == base:
+                continue
+            if kind is bool:
+                value = "on" if value else "off"
+            elif value is None:
+                value = "default"
+            elif field == "cmdline_extra":
+                value = "'" + " ".join(value) + "'"
+            args.append(f"--{key.replace('_', '-')} {value}")
+        where = "" if self.cpu is None else f"@{self.cpu}"
+        args.append(f"--scenario {self.scenario}{where}")
+        return " ".join(args)
+
+
+def _values(where: str, key: str, raw) -> list:
+    """An axis value or list of values, type-checked."""
+    field, kind = AXES[key]
+    values = raw if isinstance(raw, list) else [raw]
+    if not values:
+        raise HarnessError(f"{where}: {key} is an empty list")
+    for v in values:
+        # bool is an int in Python: do not let `cpus = true` through.
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise HarnessError(f"{where}: {key} = {v!r}: expected {kind.__name__}")
+    if field == "cmdline_extra":
+        return [tuple(v.split()) for v in values]
+    if field == "nmi_watchdog":   # "default": leave it to the kernel
+        return [None if v == "default" else v for v in values]
+    return values
+
+
+def _cpus_for(where: str, selector: str, spec: MachineSpec) -> list[int]:
+    n = spec.cpus
+    picks = {"all": list(range(n)), "first": [0], "middle": [n // 2], "last": [n - 1],
+             "spread": sorted({0, n // 2, n - 1})}
+    if selector in picks:
+        return picks[selector]
+    if not selector.isdigit():
+        raise HarnessError(f"{where}: cpu selector {selector!r}: expected a CPU "
+                           f"number or one of {', '.join(SELECTORS)}")
+    if int(selector) >= n:
+        raise HarnessError(f"{where}: cpu {selector} is outside the {n}-cpu machine")
+    return [int(selector)]
+
+
+def _scenario_cases(where: str, detector: str, spec: MachineSpec, item) -> list[Case]:
+    if not isinstance(item, str):
+        raise HarnessError(f"{where}: scenario {item!r}: expected a string")
+    name, _, selector = item.partition("@")
+    if name not in catalog.SCENARIOS:
+        raise HarnessError(f"{where}: unknown scenario {name!r}; known: "
+                           f"{', '.join(catalog.SCENARIOS)}")
+    if name in catalog.NEEDS_TWO_CPUS and spec.cpus < 2:
+        return []
+    if name not in catalog.TAKES_CPU:
+        if selector:
+            raise HarnessError(f"{where}: scenario {name!r} takes no cpu ({item!r})")
+        return [Case(detector, spec, name, None)]
+    return [Case(detector, spec, name, cpu)
+            for cpu in _cpus_for(where, selector or "last", spec)]
+
+
+def expand_group(where: str, group: dict) -> list[Case]:
+    """Every case of one group, machines in axis order."""
+    group = dict(group)
+    group.pop("name", None)
+    scenarios = group.pop("scenarios", None)
+    if not isinstance(scenarios, list) or not scenarios:
+        raise HarnessError(f"{where}: needs a non-empty list 'scenarios'")
+    detectors = group.pop("detector", None)
+    detectors = detectors if isinstance(detectors, list) else [detectors]
+    for d in detectors:
+        if d not in kbuild.DETECTORS:
+            raise HarnessError(f"{where}: unknown detector {d!r}; known: "
+                               f"{', '.join(kbuild.DETECTORS)}")
+    for key in group:
+        if key not in AXES:
+            raise HarnessError(f"{where}: unknown key {key!r}; known: detector, "
+                               f"scenarios, {', '.join(AXES)}")
+    axes = [(AXES[k][0], _values(where, k, v)) for k, v in group.items()]
+    cases = []
+    for d in detectors:
+        for combo in itertools.product(*(values for _, values in axes)):
+            fields = {**expectations.machine_defaults(d),
+                      **{f: v for (f, _), v in zip(axes, combo)}}
+            try:
+                spec = MachineSpec(**fields).validate()
+            except HarnessError as e:
+                raise HarnessError(f"{where}: {e}") from None
+            for item in scenarios:
+                cases.extend(_scenario_cases(where, d, spec, item))
+    return cases
+
+
+def name_cases(cases: list[Case]) -> list[Case]:
+    """Give each case its id; a repeat of the same case gets '#2', '#3'..."""
+    seen: dict[str, int] = {}
+    named = []
+    for c in cases:
+        base = f"{c.detector}/{c.spec.label()}/{c.scenario}" + \
+            (f"@cpu{c.cpu}" if c.cpu is not None else "")
+        seen[base] = seen.get(base, 0) + 1
+        cid = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        named.append(Case(c.detector, c.spec, c.scenario, c.cpu, cid))
+    return named
+
+
+def load(path: Path) -> list[Case]:
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"matrix file {path} does not exist")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise HarnessError(f"{path}: not valid TOML: {e}") from None
+    unknown = set(doc) - {"group"}
+    if unknown:
+        raise HarnessError(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
+                           f"only [[group]] tables")
+    groups = doc.get("group")
+    if not isinstance(groups, list) or not groups:
+        raise HarnessError(f"{path}: no [[group]] tables")
+    cases = []
+    for i, g in enumerate(groups, 1):
+        cases.extend(expand_group(f"{path}: group {g.get('name', i)!r}", g))
+    return name_cases(cases)
+
+
+def select(cases: list[Case], detectors=None, cpus=None, iommu=None,
+           scenarios=None, ids=None) -> list[Case]:
+    """The cases matching every filter given (None = no filter)."""
+    def keep(c: Case) -> bool:
+        return ((detectors is None or c.detector in detectors)
+                and (cpus is None or c.spec.cpus in cpus)
+                and (iommu is None or c.spec.iommu in iommu)
+                and (scenarios is None or c.scenario in scenarios)
+                and (ids is None or c.id in ids))
+    return [c for c in cases if keep(c)]

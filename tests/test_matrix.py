@@ -1,0 +1,106 @@
+"""The matrix file format and its expansion into cases."""
+import pytest
+
+from harness import matrix
+from harness.errors import HarnessError
+from harness.paths import REPO
+
+
+def group(**kw):
+    return matrix.name_cases(matrix.expand_group("test", {"detector": "hpet", **kw}))
+
+
+def test_default_matrix_loads_with_unique_ids():
+    cases = matrix.load(REPO / "matrix" / "nightly.toml")
+    ids = [c.id for c in cases]
+    assert len(ids) == len(set(ids)) >= 48
+    assert {c.detector for c in cases} == {"hpet", "buddy"}
+
+
+def test_lists_cross_and_scalars_apply_to_all():
+    cases = group(cpus=[1, 4], iommu=[False, True], thresh=5, scenarios=["boot"])
+    assert [(c.spec.cpus, c.spec.iommu) for c in cases] == \
+        [(1, False), (1, True), (4, False), (4, True)]
+    assert all(c.spec.watchdog_thresh == 5 for c in cases)
+
+
+def test_detector_defaults_fill_in_and_a_group_overrides_them():
+    hpet, = group(cpus=2, scenarios=["boot"])
+    assert (hpet.spec.hpet_msi, hpet.spec.hpet_timers, hpet.spec.nmi_watchdog) == \
+        (True, 8, "hpet")
+    plain, = group(cpus=2, hpet_msi=False, nmi_watchdog="default", scenarios=["boot"])
+    assert (plain.spec.hpet_msi, plain.spec.nmi_watchdog) == (False, None)
+
+
+@pytest.mark.parametrize("selector, cpus", [
+    ("all", [0, 1, 2, 3, 4, 5, 6, 7]), ("first", [0]), ("middle", [4]),
+    ("last", [7]), ("spread", [0, 4, 7]), ("3", [3]), ("", [7])])
+def test_cpu_selectors(selector, cpus):
+    item = "hard-lockup" + (f"@{selector}" if selector else "")
+    assert [c.cpu for c in group(cpus=8, scenarios=[item])] == cpus
+
+
+def test_two_cpu_scenarios_skip_one_cpu_machines():
+    cases = group(cpus=[1, 2], scenarios=["boot", "all-locked"])
+    assert [(c.spec.cpus, c.scenario) for c in cases] == \
+        [(1, "boot"), (2, "boot"), (2, "all-locked")]
+
+
+def test_repeats_get_numbered_ids():
+    ids = [c.id for c in group(cpus=2, scenarios=["enabled", "idle", "enabled"])]
+    assert ids == ["hpet/2cpu-noiommu/enabled", "hpet/2cpu-noiommu/idle",
+                   "hpet/2cpu-noiommu/enabled#2"]
+
+
+def test_cases_survive_the_json_round_trip():
+    for c in group(cpus=4, sockets=2, cmdline="tsc=reliable",
+                   scenarios=["hard-lockup@spread"]):
+        assert matrix.Case.from_dict(c.to_dict()) == c
+
+
+def test_reproduce_command_names_every_non_default_axis():
+    c, = group(cpus=4, sockets=2, panic=True, cmdline="tsc=reliable",
+               scenarios=["hard-lockup@3"])
+    assert c.reproduce() == ("python -m harness run --detector hpet --cpus 4 --iommu off "
+                             "--sockets 2 --panic on --cmdline 'tsc=reliable' "
+                             "--scenario hard-lockup@3")
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"cpus": [True]}, "cpus = True: expected int"),
+    ({"iommu": "yes"}, "iommu = 'yes': expected bool"),
+    ({"cpus": []}, "cpus is an empty list"),
+    ({"cpu": 2}, "unknown key 'cpu'"),
+    ({"scenarios": []}, "needs a non-empty list 'scenarios'"),
+    ({"scenarios": ["hard-lockup@9"], "cpus": 4}, "cpu 9 is outside the 4-cpu machine"),
+    ({"scenarios": ["hard-lockup@most"]}, "cpu selector 'most'"),
+    ({"scenarios": ["idle@1"]}, "scenario 'idle' takes no cpu"),
+    ({"detector": "perf"}, "unknown detector 'perf'"),
+    ({"cpus": 3, "sockets": 2}, "cpus=3 cannot be split"),
+])
+def test_bad_groups_name_the_key_or_value(kw, needle):
+    kw.setdefault("scenarios", ["boot"])
+    with pytest.raises(HarnessError, match=None) as e:
+        matrix.expand_group("g", {"detector": "hpet", **kw})
+    assert needle in str(e.value) and str(e.value).startswith("g: ")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[[group]\n", "not valid TOML"),
+    ("title = 'x'\n", "unknown top-level key"),
+    ("", "no [[group]] tables"),
+])
+def test_bad_files(tmp_path, text, needle):
+    f = tmp_path / "m.toml"
+    f.write_text(text)
+    with pytest.raises(HarnessError) as e:
+        matrix.load(f)
+    assert needle in str(e.value)
+
+
+def test_select_filters_combine():
+    cases = matrix.load(REPO / "matrix" / "nightly.toml")
+    got = matrix.select(cases, detectors=["buddy"], cpus=[4], iommu=[True],
+                        scenarios=["hard-lockup"])
+    assert got and all(c.detector == "buddy" and c.spec.cpus == 4 and c.spec.iommu
+                       and c.scenario == "hard-lockup" for c in got)
