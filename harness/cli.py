@@ -148,8 +148,9 @@ def cmd_run(args) -> int:
     import subprocess
     from harness import report
     from harness.paths import REPO
-    from harness.qemu import die_with_parent
+    from harness.qemu import check_qemu, die_with_parent
     cases = select_cases(args)
+    check_qemu()
     detectors = sorted({c.detector for c in cases})
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

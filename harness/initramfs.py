@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from harness import elfcheck
 from harness.errors import HarnessError
 from harness.kbuild import Kernel
 from harness.paths import GUEST_DIR
@@ -71,6 +72,10 @@ def _build_tools(out_dir: Path) -> dict:
 
 def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     """Return the path of an initramfs for this kernel, building it if needed."""
+    # A module the kernel would refuse, or a bzImage that is not this
+    # vmlinux, is refused here, before any boot, saying what does not match.
+    elfcheck.check(kernel.bzimage, kernel.vmlinux, kernel.release, kernel.detector,
+                   kernel.modules)
     sources = {dst: GUEST_DIR / src for dst, src in GUEST_FILES.items()}
     sources.update(_build_tools(out_dir))
     mods = {f"lib/modules/{name}.ko": path for name, path in sorted(kernel.modules.items())}

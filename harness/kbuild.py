@@ -134,6 +134,23 @@ def ensure_debian_tarball() -> Path:
     return DEBIAN_TARBALL
 
 
+# Measured: the extracted, patched tree is 1.7 GiB; one build 0.25 GiB.
+SOURCE_BYTES = 2 << 30
+BUILD_BYTES = 1 << 30
+
+
+def need_space(where: Path, need: int, what: str) -> None:
+    """Refuse before starting rather than die half way with ENOSPC."""
+    probe = Path(where)
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise HarnessError(f"not enough free disk for {what} under {where}: "
+                           f"{free / 2**30:.1f} GiB free, need {need / 2**30:.1f} GiB "
+                           f"(set HARNESS_CACHE to a bigger file system)")
+
+
 def prepare_debian_source(patches: list[Path]) -> Path:
     """Extract Debian's tarball once per (tarball, patch series) and patch it."""
     tarball = ensure_debian_tarball()
@@ -148,6 +165,7 @@ def prepare_debian_source(patches: list[Path]) -> Path:
             return final / "linux-source-6.12"
         tmp = root / f"{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        need_space(root, SOURCE_BYTES, "the kernel source")
         tmp.mkdir(parents=True)
         run(["tar", "-xf", tarball, "-C", tmp])
         src = tmp / "linux-source-6.12"
@@ -219,6 +237,7 @@ def build_kernel(detector: str = DEFAULT_DETECTOR, kernel_src: str | None = None
         else:
             if src is None:
                 src = prepare_debian_source(series_patches())
+            need_space(key_dir, BUILD_BYTES, "the kernel build")
             kernel = _build(src, key_dir, detector, jobs or os.cpu_count() or 1)
         # Our guest modules change more often than the kernel: built apart.
         modules = dict(kernel.modules)

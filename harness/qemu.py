@@ -6,7 +6,9 @@ itself be killed, by the kernel through PR_SET_PDEATHSIG.
 """
 import atexit
 import ctypes
+import functools
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -45,6 +47,30 @@ if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
     signal.signal(signal.SIGTERM, _on_signal)
 
 
+MIN_QEMU = (7, 2)     # what the harness is tested on (Debian 12)
+
+
+@functools.lru_cache(maxsize=None)
+def check_qemu(qemu: str = "qemu-system-x86_64") -> tuple[int, int]:
+    """QEMU present and new enough; its (major, minor)."""
+    path = shutil.which(qemu)
+    if path is None:
+        raise HarnessError(f"{qemu} not found: install qemu-system-x86")
+    try:
+        text = subprocess.run([path, "--version"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"{path} --version failed: {e}") from None
+    m = re.search(r"version (\d+)\.(\d+)", text)
+    if m is None:
+        raise HarnessError(f"{path} --version says no version: {text.strip()[:80]!r}")
+    version = int(m.group(1)), int(m.group(2))
+    if version < MIN_QEMU:
+        raise HarnessError(f"{path} is QEMU {version[0]}.{version[1]}, too old: the "
+                           f"harness needs {MIN_QEMU[0]}.{MIN_QEMU[1]} or newer")
+    return version
+
+
 def deadline_scale(spec: MachineSpec, accel: str) -> float:
     """TCG runs every vCPU as a host thread on few host cores: give waits
     room in proportion to the vCPU count; KVM needs far less."""
@@ -60,8 +86,7 @@ class Guest:
         for what, path in (("kernel image", kernel), ("initramfs", initrd)):
             if not Path(path).is_file():
                 raise HarnessError(f"{what} {path} does not exist")
-        if shutil.which(qemu) is None:
-            raise HarnessError(f"{qemu} not found: install qemu-system-x86")
+        check_qemu(qemu)
         self.kernel, self.initrd, self.accel, self.qemu = kernel, initrd, accel, qemu
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)

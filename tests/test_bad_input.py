@@ -1,4 +1,5 @@
 """Bad input gets one clear error line and a non-zero exit, before any work."""
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,52 @@ def test_parse_any_file_does_not_crash(tmp_path):
     res = harness("parse", str(junk), "--json")
     assert res.returncode == 0, res.stderr
     assert '"kind": "panic"' in res.stdout
+
+
+def _one_error_line(res, needle):
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: error: "), res.stderr
+    assert needle in lines[0], lines[0]
+
+
+def test_qemu_too_old(tmp_path):
+    fake = tmp_path / "bin" / "qemu-system-x86_64"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    res = subprocess.run([sys.executable, "-m", "harness", "run", "--scenario", "boot",
+                          "--out", str(tmp_path / "out")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    _one_error_line(res, "is QEMU 6.2, too old: the harness needs 7.2 or newer")
+    assert not (tmp_path / "out").exists()
+
+
+def test_qemu_missing(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))
+    res = subprocess.run([sys.executable, "-m", "harness", "run", "--scenario", "boot",
+                          "--out", str(tmp_path / "out")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    _one_error_line(res, "qemu-system-x86_64 not found")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 64 MiB file system: too small for a kernel tree."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)])
+
+
+def test_no_free_disk_for_the_build(small_fs):
+    env = dict(os.environ, HARNESS_CACHE=str(small_fs / "cache"))
+    env.pop("KERNEL_SRC", None)
+    res = subprocess.run([sys.executable, "-m", "harness", "kernel"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    _one_error_line(res, "not enough free disk for the kernel source under")
+    assert not list((small_fs / "cache").glob("src/*.tmp")), "half-extracted tree left"
