@@ -13,7 +13,7 @@ RUN_ARGS ?=
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.12 build-essential \
 	flex bison bc libelf-dev libssl-dev cpio kmod python3-venv
 
-.PHONY: help deps kernel initramfs test nightly bench unit clean-out
+.PHONY: help deps kernel initramfs test nightly boot bench unit clean-out
 
 help:
 	@echo "make deps       install Debian packages (as root) and the Python venv"
@@ -22,6 +22,8 @@ help:
 	@echo "make test       everything: deps, kernel, unit tests and scenario tests on real guests"
 	@echo "make unit       only the tests that need no guest"
 	@echo "make nightly    the matrix [MATRIX=$(MATRIX)] with reports in $(OUT)/, KTAP on stdout"
+	@echo "make boot       one guest, its console here (CPUS= SOCKETS= IOMMU=on HPET_MSI= THRESH="
+	@echo "                CMDLINE= KERNEL=bzImage GDB=port DETECTOR=); Ctrl-] quits"
 	@echo "make bench      boot time per vCPU count, matrix wall time, cases per minute"
 	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), DETECTORS, OUT, PYTEST_ARGS,"
 	@echo "           MATRIX, JOBS (guests at once), RUN_ARGS (e.g. --cpus 1,2 --scenario hard-lockup)"
@@ -60,6 +62,14 @@ test: kernel
 nightly: kernel
 	$(PY) -m harness run --matrix $(MATRIX) --detector $(DETECTORS) --out $(OUT) \
 		--jobs $(JOBS) $(RUN_ARGS)
+
+# A guest for a person: its console on this terminal, Ctrl-] quits.
+boot: kernel
+	$(PY) -m harness boot $(if $(DETECTOR),--detector $(DETECTOR)) \
+		$(if $(CPUS),--cpus $(CPUS)) $(if $(SOCKETS),--sockets $(SOCKETS)) \
+		$(if $(IOMMU),--iommu $(IOMMU)) $(if $(HPET_MSI),--hpet-msi $(HPET_MSI)) \
+		$(if $(THRESH),--thresh $(THRESH)) $(if $(CMDLINE),--cmdline "$(CMDLINE)") \
+		$(if $(KERNEL),--kernel $(KERNEL)) $(if $(GDB),--gdb $(GDB))
 
 bench: kernel
 	$(PY) -m harness bench --out $(OUT)/bench

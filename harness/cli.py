@@ -217,6 +217,54 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def boot_spec(args):
+    """The one machine the axis flags describe, validated as a matrix is."""
+    from harness import matrix
+    group = {"detector": args.detector, "scenarios": ["boot"]}
+    for key in AXIS_FLAGS:
+        if getattr(args, key) is not None:
+            values = _axis_values(key, getattr(args, key))
+            if len(values) != 1:
+                raise HarnessError(f"--{key.replace('_', '-')} {getattr(args, key)}: "
+                                   f"boot takes one machine, one value")
+            group[key] = values
+    group["cmdline"] = [" ".join(filter(None, [args.cmdline, "harness.console_shell=1"]))]
+    return matrix.expand_group("command line", group)[0].spec
+
+
+def cmd_boot(args) -> int:
+    from harness import accel, elfcheck, interactive
+    from harness.qemu import Guest, check_qemu
+    spec = boot_spec(args)
+    check_qemu()
+    image = Path(args.kernel) if args.kernel else None
+    if image is not None and not image.is_file():
+        raise HarnessError(f"kernel image {image} does not exist")
+    kernel, initrd = prepare(args.detector, Path(args.out))
+    if image is not None:
+        # Our modules go in the initramfs: the kernel must be the one they
+        # were built for, or it refuses them and hld-lock does nothing.
+        version = elfcheck.bzimage_version(image)
+        if not version.startswith(kernel.release + " "):
+            raise HarnessError(f"{image} is kernel {version.split()[0]}, but the "
+                               f"initramfs modules are built for {kernel.release} "
+                               f"(build that tree with KERNEL_SRC= instead)")
+    image = image or kernel.bzimage
+    workdir = Path(args.out) / f"boot-{spec.label()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with Guest(spec, image, initrd, workdir, accel.choose_accel(image, initrd),
+               interactive=True, gdb_port=args.gdb) as g:
+        g.wait_booted(timeout=60)
+        interactive.hand_over(g, kernel.vmlinux)
+    print(f"harness: guest shut down; console log {g.console.path}", file=sys.stderr)
+    return 0
+
+
+def cmd_qmp(args) -> int:
+    from harness import interactive
+    print(json.dumps(interactive.qmp(Path(args.guest), args.qmp_command), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -259,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar on stderr")
     s.set_defaults(func=cmd_run)
+    s = sub.add_parser("boot", help="boot one guest and hand over its console (Ctrl-] quits)")
+    s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
+    for flag in ("cpus", "iommu", *(f.replace("_", "-") for f in AXIS_FLAGS
+                                    if f not in ("cpus", "iommu"))):
+        s.add_argument(f"--{flag}", help="as for run, one value")
+    s.add_argument("--kernel", help="boot this bzImage (same release as the modules)")
+    s.add_argument("--gdb", type=int, metavar="PORT", help="gdb stub on 127.0.0.1:PORT")
+    s.add_argument("--out", default="out/boot")
+    s.set_defaults(func=cmd_boot)
+    s = sub.add_parser("qmp", help="a QMP command to a guest started by boot")
+    s.add_argument("--guest", required=True, help="the guest's directory (boot prints it)")
+    s.add_argument("qmp_command", metavar="COMMAND", help="nmi, cpus, status or quit")
+    s.set_defaults(func=cmd_qmp)
     s = sub.add_parser("bench", help="boot time per vCPU count; matrix wall time "
                        "and cases per minute (matrix/bench.toml)")
     s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)

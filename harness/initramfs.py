@@ -17,7 +17,9 @@ from harness.kbuild import Kernel
 from harness.paths import GUEST_DIR
 
 BUSYBOX = Path("/bin/busybox")
-GUEST_FILES = {"init": "init", "bin/agent": "agent.sh"}
+# Guest path -> file under guest/. hld-*: commands for people at the console.
+GUEST_FILES = {"init": "init", "bin/agent": "agent.sh",
+               **{f"bin/{n}": f"bin/{n}" for n in ("hld-lock", "hld-state", "hld-nmis")}}
 DIRS = ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "lib",
         "lib/modules", "usr", "usr/bin", "usr/sbin", "etc")
 

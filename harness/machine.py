@@ -76,7 +76,11 @@ class MachineSpec:
 
 def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
               console_log: Path, agent_sock: str, qmp_sock: str,
-              qemu: str = "qemu-system-x86_64") -> list[str]:
+              qemu: str = "qemu-system-x86_64", console_sock: str | None = None,
+              user_qmp_sock: str | None = None, gdb_port: int | None = None) -> list[str]:
+    """console_sock: the console on a socket for a person (still logged
+    whole to console_log); user_qmp_sock: a second QMP monitor for them, as
+    the harness holds the first; gdb_port: a gdb stub on 127.0.0.1."""
     machine = f"q35,hpet={'on' if spec.hpet else 'off'}"
     if spec.iommu and accel == "kvm":
         machine += ",kernel-irqchip=split"   # intremap needs a split irqchip on KVM
@@ -88,7 +92,9 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-global", f"hpet.msi={'on' if spec.hpet_msi else 'off'}",
             "-global", f"hpet.timers={spec.hpet_timers}",
-            "-chardev", f"file,id=con0,path={console_log}",
+            "-chardev", (f"socket,id=con0,path={console_sock},abstract=on,server=on,"
+                         f"wait=off,logfile={console_log}") if console_sock
+            else f"file,id=con0,path={console_log}",
             "-serial", "chardev:con0",
             "-chardev", f"socket,id=agent0,path={agent_sock},abstract=on,server=on,wait=off",
             "-serial", "chardev:agent0",
@@ -98,4 +104,9 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
             "-append", spec.kernel_cmdline()]
     if spec.iommu:
         argv += ["-device", "intel-iommu,intremap=on"]
+    if user_qmp_sock:
+        argv += ["-chardev", f"socket,id=qmp1,path={user_qmp_sock},abstract=on,"
+                 f"server=on,wait=off", "-mon", "chardev=qmp1,mode=control"]
+    if gdb_port:
+        argv += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
     return argv
