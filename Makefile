@@ -4,7 +4,7 @@ comma := ,
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Kernels to build and test; the first is the default kernel.
-DETECTORS ?= hpet,buddy
+DETECTORS ?= hpet,buddy,perf
 OUT ?= out
 PYTEST_ARGS ?=
 MATRIX ?= matrix/nightly.toml

@@ -45,6 +45,9 @@ def enabled(guest: Guest, detector: str) -> Result:
     name, label = "enabled", guest.spec.label()
     thresh = guest.spec.watchdog_thresh
     m: dict = {}
+    runs, why = expectations.detector_runs(detector, guest.console.text)
+    if not runs:
+        return Result(name, label, True, f"{detector} detector off, as expected: {why}", m)
     if guest.check("cat /proc/sys/kernel/nmi_watchdog").strip() != "1":
         return Result(name, label, False, "nmi_watchdog does not read 1", m)
     if detector != "hpet":
@@ -87,7 +90,8 @@ def many_locked(guest: Guest, detector: str, cpus: list[int]) -> Result:
     n = guest.spec.cpus
     name = "all-locked" if len(cpus) == n else f"{len(cpus)}-of-{n}-locked"
     label = guest.spec.label()
-    expected, why = expectations.reported_when_locked(detector, set(cpus), n)
+    expected, why = expectations.reported_when_locked(detector, set(cpus), n,
+                                                      guest.console.text)
     bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
     hold_ms = int((bound + guest.spec.watchdog_thresh + 2) * 1000)
     start = _mark(guest)

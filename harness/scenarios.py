@@ -73,9 +73,12 @@ def boot(guest: Guest, detector: str) -> Result:
         return Result(name, label, False, "interrupt remapping is "
                       f"{'on' if remapping else 'off'} but the IOMMU is "
                       f"{'on' if guest.spec.iommu else 'off'}", m)
-    if nmi_wd != "1":
-        return Result(name, label, False,
-                      f"/proc/sys/kernel/nmi_watchdog reads {nmi_wd!r}, want '1'", m)
+    runs, why = expectations.detector_runs(detector, guest.console.text)
+    if nmi_wd != ("1" if runs else "0"):
+        return Result(name, label, False, f"/proc/sys/kernel/nmi_watchdog reads "
+                      f"{nmi_wd!r}, want '{1 if runs else 0}'{' (' + why + ')' if why else ''}", m)
+    if not runs:
+        return Result(name, label, True, f"clean boot, {detector} detector off: {why}", m)
     return Result(name, label, True, f"clean boot, {detector} detector on", m)
 
 
@@ -236,7 +239,8 @@ def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Resu
 
 def hard_lockup(guest: Guest, detector: str, cpu: int,
                 injector: str = "lockup_inject", expect_cpu: int | None = None) -> Result:
-    visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus)
+    visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus,
+                                                       guest.console.text)
     bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
     name = "hard-lockup-panic" if guest.spec.hardlockup_panic else "hard-lockup"
     if injector != "lockup_inject":
@@ -266,7 +270,8 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
     name, label = f"lkdtm-{crash.lower().replace('_', '-')}@cpu{cpu}", guest.spec.label()
     thresh = guest.spec.watchdog_thresh
     if kind == "hard_lockup":
-        visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus)
+        visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus,
+                                                       guest.console.text)
         bound = expectations.hard_lockup_bound_s(detector, thresh)
     elif kind == "soft_lockup":
         visible, why, bound = True, "", expectations.soft_lockup_bound_s(thresh)

@@ -14,7 +14,7 @@ def test_default_matrix_loads_with_unique_ids():
     cases = matrix.load(REPO / "matrix" / "nightly.toml")
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)) >= 48
-    assert {c.detector for c in cases} == {"hpet", "buddy"}
+    assert {c.detector for c in cases} == {"hpet", "buddy", "perf"}
 
 
 def test_lists_cross_and_scalars_apply_to_all():
@@ -75,7 +75,7 @@ def test_reproduce_command_names_every_non_default_axis():
     ({"scenarios": ["hard-lockup@9"], "cpus": 4}, "cpu 9 is outside the 4-cpu machine"),
     ({"scenarios": ["hard-lockup@most"]}, "cpu selector 'most'"),
     ({"scenarios": ["idle@1"]}, "scenario 'idle' takes no cpu"),
-    ({"detector": "perf"}, "unknown detector 'perf'"),
+    ({"detector": "pmu"}, "unknown detector 'pmu'"),
     ({"cpus": 3, "sockets": 2}, "cpus=3 cannot be split"),
 ])
 def test_bad_groups_name_the_key_or_value(kw, needle):
