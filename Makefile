@@ -13,7 +13,7 @@ RUN_ARGS ?=
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.12 build-essential \
 	flex bison bc libelf-dev libssl-dev cpio kmod python3-venv
 
-.PHONY: help deps kernel initramfs test nightly boot bench unit clean-out
+.PHONY: help deps kernel initramfs test nightly boot soak bench unit clean-out
 
 help:
 	@echo "make deps       install Debian packages (as root) and the Python venv"
@@ -24,6 +24,7 @@ help:
 	@echo "make nightly    the matrix [MATRIX=$(MATRIX)] with reports in $(OUT)/, KTAP on stdout"
 	@echo "make boot       one guest, its console here (CPUS= SOCKETS= IOMMU=on HPET_MSI= THRESH="
 	@echo "                CMDLINE= KERNEL=bzImage GDB=port DETECTOR=); Ctrl-] quits"
+	@echo "make soak       idle guests for DURATION=1800 s each: any report is a false positive"
 	@echo "make bench      boot time per vCPU count, matrix wall time, cases per minute"
 	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), DETECTORS, OUT, PYTEST_ARGS,"
 	@echo "           MATRIX, JOBS (guests at once), RUN_ARGS (e.g. --cpus 1,2 --scenario hard-lockup)"
@@ -70,6 +71,15 @@ boot: kernel
 		$(if $(IOMMU),--iommu $(IOMMU)) $(if $(HPET_MSI),--hpet-msi $(HPET_MSI)) \
 		$(if $(THRESH),--thresh $(THRESH)) $(if $(CMDLINE),--cmdline "$(CMDLINE)") \
 		$(if $(KERNEL),--kernel $(KERNEL)) $(if $(GDB),--gdb $(GDB))
+
+# False positives: idle guests with a small watchdog_thresh for DURATION
+# seconds each; any lockup report, unknown NMI or RCU stall fails its case.
+# Never retried: a false positive is not a flake.
+DURATION ?= 1800
+SOAK_ARGS ?= --detector hpet,buddy --cpus 2,4,8 --iommu off,on --thresh 1
+soak: kernel
+	HARNESS_SOAK_SECONDS=$(DURATION) $(PY) -m harness run --scenario soak $(SOAK_ARGS) \
+		--retries 0 --out $(OUT)/soak --jobs $(JOBS)
 
 bench: kernel
 	$(PY) -m harness bench --out $(OUT)/bench

@@ -3,6 +3,8 @@
 Each entry takes (guest, detector, cpu); cpu is the CPU to act on where the
 scenario has one (None otherwise).
 """
+import os
+
 from harness import detector_scenarios as ds
 from harness import scenarios as sc
 from harness.errors import HarnessError
@@ -10,6 +12,8 @@ from harness.errors import HarnessError
 SCENARIOS = {
     "boot": lambda g, d, cpu: sc.boot(g, d),
     "idle": lambda g, d, cpu: sc.idle(g),
+    # `make soak DURATION=`: how long comes from HARNESS_SOAK_SECONDS.
+    "soak": lambda g, d, cpu: sc.soak(g, float(os.environ.get("HARNESS_SOAK_SECONDS", "600"))),
     "hard-lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu),
     "soft-lockup": lambda g, d, cpu: sc.soft_lockup(g, d, cpu),
     "hard-lockup-test_lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu, "test_lockup"),

@@ -82,6 +82,35 @@ def boot(guest: Guest, detector: str) -> Result:
     return Result(name, label, True, f"clean boot, {detector} detector on", m)
 
 
+SOAK_CHECK_S = 60    # how often a soaking guest must still answer
+
+
+def soak(guest: Guest, seconds: float) -> Result:
+    """Keep the guest idle for `seconds` and count every lockup report,
+    unknown NMI, RCU stall or other bad event: each is a false positive.
+    Unlike idle, it does not stop at the first one: the count is the result."""
+    name, label = "soak", guest.spec.label()
+    start = _mark(guest)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        # Not a wait for an event: the guest is watched for a fixed time.
+        guest.console.wait_until(lambda: False, min(deadline, time.monotonic()
+                                                   + SOAK_CHECK_S), guest.alive)
+        if not guest.alive():
+            raise guest.failure(f"soak: the guest died after "
+                                f"{seconds - (deadline - time.monotonic()):.0f} s")
+        guest.check("true")          # still answering: not hung
+    bad = _since(guest, start, LOCKUP_KINDS + BAD_KINDS)
+    counts: dict[str, int] = {}
+    for e in bad:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    m = {"soak_seconds": seconds, "false_positives": len(bad), "by_kind": counts}
+    if bad:
+        return Result(name, label, False, f"{len(bad)} false positives in {seconds:.0f} s: "
+                      + _describe(bad), m)
+    return Result(name, label, True, f"no false positive in {seconds:.0f} s idle", m)
+
+
 def idle(guest: Guest, periods: int = 3) -> Result:
     """Watch an idle guest for periods x watchdog_thresh: nothing may fire."""
     name, label = "idle", guest.spec.label()
