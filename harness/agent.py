@@ -24,6 +24,20 @@ class Reply:
     output: str
 
 
+def connect_unix(address: str, deadline: float, what: str) -> socket.socket:
+    """QEMU creates its server sockets when it starts: retry until it has."""
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(address)
+            return s
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            if time.monotonic() >= deadline:
+                raise GuestError(f"{what} {address!r} never appeared")
+            time.sleep(0.05)
+
+
 class Agent:
     def __init__(self, sock_path: str, transcript: Path):
         self.sock_path = sock_path
@@ -33,17 +47,7 @@ class Agent:
         self._ids = itertools.count(1)
 
     def connect(self, deadline: float) -> None:
-        """QEMU creates the socket when it starts; retry until it does."""
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(self.sock_path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                s.close()
-                if time.monotonic() >= deadline:
-                    raise GuestError(f"agent socket {self.sock_path!r} never appeared")
-                time.sleep(0.05)
+        s = connect_unix(self.sock_path, deadline, "agent socket")
         self.sock = s
         self._log = open(self.transcript_path, "a", encoding="utf-8", errors="replace")
         self.child = pexpect.fdpexpect.fdspawn(s.fileno(), encoding="utf-8",

@@ -11,10 +11,11 @@ import os
 import time
 from pathlib import Path
 
-from harness import catalog, initramfs, kbuild
+from harness import catalog, initramfs
 from harness.errors import GuestError
 from harness.matrix import Case
 from harness.qemu import Guest
+from harness.scenarios import _mark
 
 
 class GuestPool:
@@ -28,9 +29,7 @@ class GuestPool:
     def build(self, detector: str):
         """The kernel and initramfs for a detector, built once per process."""
         if detector not in self._built:
-            kernel = kbuild.build_kernel(detector, self.kernel_src)
-            initrd = initramfs.build_initramfs(kernel, kernel.build_dir.parent)
-            self._built[detector] = kernel, initrd
+            self._built[detector] = initramfs.build_guest(detector, self.kernel_src)
         return self._built[detector]
 
     def kernel_id(self, detector: str) -> str:
@@ -58,21 +57,13 @@ class GuestPool:
             self.guest = None
 
 
-def _console_lines(guest: Guest | None, start: int) -> str:
-    if guest is None:
-        return ""
-    guest.console.refresh()
-    return "\n".join(guest.console.text.splitlines()[start:])
-
-
 def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int) -> tuple[dict, dict]:
     """One try of a case: (attempt summary, measurements)."""
     t0 = time.monotonic()
     guest, start = None, 0
     try:
         guest = pool.get(case.detector, case.spec)
-        guest.console.refresh()
-        start = guest.console.text.count("\n")
+        start = _mark(guest)
         result = catalog.get(case.scenario)(guest, case.detector, case.cpu)
         attempt = {"passed": result.passed, "reason": result.reason}
         measurements = result.measurements
@@ -83,7 +74,8 @@ def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int) -> tuple[dict,
     attempt["duration_s"] = round(time.monotonic() - t0, 2)
     if guest is not None:
         attempt["guest"] = os.path.relpath(guest.workdir, case_dir)
-        window = _console_lines(guest, start)
+        guest.console.refresh()
+        window = "\n".join(guest.console.text.splitlines()[start:])
         (case_dir / f"console-attempt{n}.log").write_text(window + "\n")
         events = [e.to_dict() for e in guest.console.events() if e.line > start]
         (case_dir / f"events-attempt{n}.json").write_text(json.dumps(events, indent=1))

@@ -23,16 +23,14 @@ def cmd_kernel(args) -> int:
     return 0
 
 
-def prepare(detector: str, out: Path):
+def prepare(detector: str):
     """Kernel (cached build) and an initramfs with modules built against it."""
-    from harness import initramfs, kbuild
-    kernel = kbuild.build_kernel(detector, os.environ.get("KERNEL_SRC"))
-    initrd = initramfs.build_initramfs(kernel, kernel.build_dir.parent)
-    return kernel, initrd
+    from harness import initramfs
+    return initramfs.build_guest(detector, os.environ.get("KERNEL_SRC"))
 
 
 def cmd_initramfs(args) -> int:
-    _, initrd = prepare(args.detector, Path("."))
+    _, initrd = prepare(args.detector)
     print(initrd)
     return 0
 
@@ -49,7 +47,7 @@ def cmd_parse(args) -> int:
 
 def cmd_probe_accel(args) -> int:
     from harness import accel
-    kernel, initrd = prepare(args.detector, Path("."))
+    kernel, initrd = prepare(args.detector)
     for name in ("kvm", "tcg"):
         ok, why = accel.probe(name, kernel.bzimage, initrd)
         print(f"{name}: {'works' if ok else 'unusable'} ({why})")
@@ -156,7 +154,7 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out)
     for d in detectors:                  # build before the clock starts
-        prepare(d, out)
+        prepare(d)
     (out / "cases.json").write_text(json.dumps([c.to_dict() for c in cases], indent=1))
     jobs = args.jobs or default_jobs()
     argv = [sys.executable, "-m", "pytest", "tests/test_scenarios.py", "-v",
@@ -180,8 +178,7 @@ def cmd_run(args) -> int:
                            f"see {out / 'pytest.log'}")
     summary = json.loads(results.read_text())
     sys.stdout.write((out / "report.ktap").read_text())
-    counts = {o: sum(c["outcome"] == o for c in summary["cases"])
-              for o in ("pass", "flake", "fail", "error")}
+    counts = report.outcome_counts(summary["cases"])
     print(f"harness: {', '.join(f'{n} {o}' for o, n in counts.items())} in "
           f"{summary['meta']['wall_s'] / 60:.1f} min; report {out / 'report.html'}",
           file=sys.stderr)
@@ -210,7 +207,7 @@ def cmd_bench(args) -> int:
     cpu_counts, jobs = _int_list("--cpus", args.cpus), _int_list("--jobs", args.jobs)
     for c in cpu_counts:
         MachineSpec(cpus=c).validate()
-    kernel, initrd = prepare(args.detector, Path(args.out))
+    kernel, initrd = prepare(args.detector)
     result = bench.run(args.detector, cpu_counts, args.boots, jobs, Path(args.out),
                        kernel, initrd)
     print(json.dumps(result, indent=1))
@@ -240,7 +237,7 @@ def cmd_boot(args) -> int:
     image = Path(args.kernel) if args.kernel else None
     if image is not None and not image.is_file():
         raise HarnessError(f"kernel image {image} does not exist")
-    kernel, initrd = prepare(args.detector, Path(args.out))
+    kernel, initrd = prepare(args.detector)
     if image is not None:
         # Our modules go in the initramfs: the kernel must be the one they
         # were built for, or it refuses them and hld-lock does nothing.

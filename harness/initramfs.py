@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness import elfcheck
 from harness.errors import HarnessError
-from harness.kbuild import Kernel
+from harness.kbuild import Kernel, build_kernel
 from harness.paths import GUEST_DIR
 
 BUSYBOX = Path("/bin/busybox")
@@ -103,3 +103,10 @@ def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     os.rename(tmp, out)
     return out
+
+
+def build_guest(detector: str, kernel_src: str | None = None) -> tuple[Kernel, Path]:
+    """A detector's kernel (cached build) and an initramfs whose modules
+    are built against it."""
+    kernel = build_kernel(detector, kernel_src)
+    return kernel, build_initramfs(kernel, kernel.build_dir.parent)

@@ -14,23 +14,11 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from harness.errors import GuestError, HarnessError
+from harness.agent import connect_unix
+from harness.errors import HarnessError
 from harness.qemu import Guest
 
 ESCAPE = b"\x1d"    # Ctrl-]
-
-
-def _connect(address: str, deadline: float) -> socket.socket:
-    while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect("\0" + address)
-            return s
-        except (FileNotFoundError, ConnectionRefusedError):
-            s.close()
-            if time.monotonic() >= deadline:
-                raise GuestError(f"console socket {address!r} never appeared")
-            time.sleep(0.05)
 
 
 def banner(guest: Guest, vmlinux: Path | None) -> str:
@@ -49,7 +37,7 @@ def banner(guest: Guest, vmlinux: Path | None) -> str:
 
 def hand_over(guest: Guest, vmlinux: Path | None) -> None:
     """Console to the terminal until Ctrl-] (or the guest goes away)."""
-    sock = _connect(guest.console_sock, time.monotonic() + 10)
+    sock = connect_unix("\0" + guest.console_sock, time.monotonic() + 10, "console socket")
     print(banner(guest, vmlinux), flush=True)
     sock.sendall(b"\n")                   # a fresh prompt
     fd = sys.stdin.fileno()

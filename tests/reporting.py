@@ -114,8 +114,7 @@ def pytest_terminal_summary(terminalreporter):
         shown = ", ".join(f"{k}={r['measurements'][k]}" for k in keys if k in r["measurements"])
         if shown:
             tr.write_line(f"{r['outcome'].upper():<5} {r['id']:<48} {shown}")
-    counts = {o: sum(r["outcome"] == o for r in s["cases"])
-              for o in ("pass", "flake", "fail", "error")}
+    counts = report_mod.outcome_counts(s["cases"])
     tr.section("scenario summary")
     for r in s["cases"]:
         if r["outcome"] == "flake":
