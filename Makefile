@@ -11,9 +11,9 @@ MATRIX ?= matrix/nightly.toml
 JOBS ?= 0
 RUN_ARGS ?=
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.12 build-essential \
-	flex bison bc libelf-dev libssl-dev cpio kmod python3-venv
+	flex bison bc libelf-dev libssl-dev cpio kmod python3-venv dropbear-bin
 
-.PHONY: help deps kernel initramfs test nightly boot soak bench unit clean-out
+.PHONY: help deps kernel initramfs test nightly boot soak bench repeat unit clean-out
 
 help:
 	@echo "make deps       install Debian packages (as root) and the Python venv"
@@ -23,9 +23,10 @@ help:
 	@echo "make unit       only the tests that need no guest"
 	@echo "make nightly    the matrix [MATRIX=$(MATRIX)] with reports in $(OUT)/, KTAP on stdout"
 	@echo "make boot       one guest, its console here (CPUS= SOCKETS= IOMMU=on HPET_MSI= THRESH="
-	@echo "                CMDLINE= KERNEL=bzImage GDB=port DETECTOR=); Ctrl-] quits"
+	@echo "                CMDLINE= KERNEL=bzImage GDB=port DETECTOR= SSH=1 MAXCPUS=); Ctrl-] quits"
 	@echo "make soak       idle guests for DURATION=1800 s each: any report is a false positive"
 	@echo "make bench      boot time per vCPU count, matrix wall time, cases per minute"
+	@echo "make repeat     the matrix RUNS=5 times, then which verdicts differ between runs"
 	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), DETECTORS, OUT, PYTEST_ARGS,"
 	@echo "           MATRIX, JOBS (guests at once), RUN_ARGS (e.g. --cpus 1,2 --scenario hard-lockup)"
 
@@ -70,7 +71,8 @@ boot: kernel
 		$(if $(CPUS),--cpus $(CPUS)) $(if $(SOCKETS),--sockets $(SOCKETS)) \
 		$(if $(IOMMU),--iommu $(IOMMU)) $(if $(HPET_MSI),--hpet-msi $(HPET_MSI)) \
 		$(if $(THRESH),--thresh $(THRESH)) $(if $(CMDLINE),--cmdline "$(CMDLINE)") \
-		$(if $(KERNEL),--kernel $(KERNEL)) $(if $(GDB),--gdb $(GDB))
+		$(if $(KERNEL),--kernel $(KERNEL)) $(if $(GDB),--gdb $(GDB)) \
+		$(if $(MAXCPUS),--maxcpus $(MAXCPUS)) $(if $(filter 1 yes on,$(SSH)),--ssh)
 
 # False positives: idle guests with a small watchdog_thresh for DURATION
 # seconds each; any lockup report, unknown NMI or RCU stall fails its case.
@@ -83,6 +85,15 @@ soak: kernel
 
 bench: kernel
 	$(PY) -m harness bench --out $(OUT)/bench
+
+# Flake hunting: the matrix RUNS times back to back, then every case whose
+# verdict differs between runs (or that needed a retry) is listed.
+RUNS ?= 5
+repeat: kernel
+	mkdir -p $(OUT); for i in $$(seq 1 $(RUNS)); do \
+		$(MAKE) --no-print-directory nightly OUT=$(OUT)/repeat/$$i > $(OUT)/repeat-$$i.ktap; \
+	done; \
+	$(PY) -m harness compare $$(for i in $$(seq 1 $(RUNS)); do echo $(OUT)/repeat/$$i/results.json; done)
 
 clean-out:
 	rm -rf $(OUT)

@@ -7,21 +7,29 @@ every module we put in the initramfs? Read from the ELF files themselves.
 - Each module's vermagic (.modinfo) must equal the kernel's (the
   `vermagic` string in vmlinux): the kernel refuses a module otherwise, and
   a scenario would then fail for a reason that has nothing to do with it.
+- With CONFIG_IKCONFIG the kernel carries its own .config (gzip between
+  kernel_config_data and kernel_config_data_end): every option our config
+  fragments ask for must be in it, so a vmlinux from some other build
+  (a stale tree, a KERNEL_SRC= configured by hand) is caught even when its
+  release string happens to match.
 
 Reading the vmlinux symbol table with pyelftools takes seconds: the result
 is kept next to vmlinux, keyed by its size and mtime.
 """
 import json
 import re
+import zlib
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from harness import kconfig
 from harness.errors import HarnessError
 
 # The symbol that proves a detector is built in.
 DETECTOR_SYMBOLS = {"hpet": "hld_nmi_handler", "buddy": "watchdog_buddy_check_hardlockup"}
-_WANTED = ("linux_banner", "vermagic", *DETECTOR_SYMBOLS.values())
+_IKCONFIG = ("kernel_config_data", "kernel_config_data_end")
+_WANTED = ("linux_banner", "vermagic", *_IKCONFIG, *DETECTOR_SYMBOLS.values())
 
 
 def _cstring(data: bytes) -> str:
@@ -50,7 +58,22 @@ def _read_symbols(vmlinux: Path) -> dict:
             off = sym["st_value"] - sec["sh_addr"]
             out[name] = _cstring(sec.data()[off:off + sym["st_size"]])
         out["present"] = sorted(n for n in found if n in DETECTOR_SYMBOLS.values())
+        out["ikconfig"] = _embedded_config(elf, found, vmlinux)
     return out
+
+
+def _embedded_config(elf: ELFFile, found: dict, vmlinux: Path) -> str | None:
+    """The .config built into vmlinux (CONFIG_IKCONFIG), or None."""
+    if not all(n in found for n in _IKCONFIG):
+        return None
+    start, end = (found[n]["st_value"] for n in _IKCONFIG)
+    sec = elf.get_section(found["kernel_config_data"]["st_shndx"])
+    blob = sec.data()[start - sec["sh_addr"]:end - sec["sh_addr"]]
+    try:
+        return zlib.decompressobj(wbits=31).decompress(blob).decode("utf-8", "replace")
+    except zlib.error as e:
+        raise HarnessError(f"{vmlinux}: the embedded config is not gzip data ({e})") \
+            from None
 
 
 def vmlinux_facts(vmlinux: Path) -> dict:
@@ -58,7 +81,7 @@ def vmlinux_facts(vmlinux: Path) -> dict:
     if not vmlinux.is_file():
         raise HarnessError(f"vmlinux {vmlinux} does not exist")
     st = vmlinux.stat()
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "facts": 2}
     cache = vmlinux.with_name(vmlinux.name + ".facts.json")
     try:
         cached = json.loads(cache.read_text())
@@ -104,8 +127,23 @@ def _build_stamp(version: str) -> str:
     return m.group(0).strip() if m else ""
 
 
+def check_config(vmlinux: Path, fragments: list[Path]) -> bool:
+    """The fragments' options against the config built into vmlinux;
+    False if it has none (no CONFIG_IKCONFIG): nothing to check."""
+    text = vmlinux_facts(vmlinux).get("ikconfig")
+    if text is None:
+        return False
+    wanted = [o for f in fragments for o in kconfig.parse_fragment(f).values()]
+    problems = kconfig.missing_options(wanted, kconfig.parse_config(text, "ikconfig"))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise HarnessError(f"{vmlinux} was not built from our config fragments: in its "
+                           f"embedded config " + "; ".join(problems[:3]) + more)
+    return True
+
+
 def check(bzimage: Path, vmlinux: Path, release: str, detector: str | None,
-          modules: dict) -> None:
+          modules: dict, fragments: list[Path] = ()) -> None:
     """Raise HarnessError saying what does not match; return if all does."""
     facts = vmlinux_facts(vmlinux)
     banner, boot = facts["linux_banner"], bzimage_version(bzimage)
@@ -119,6 +157,7 @@ def check(bzimage: Path, vmlinux: Path, release: str, detector: str | None,
     if want and want not in facts["present"]:
         raise HarnessError(f"{vmlinux} lacks {want}: the {detector} detector is not "
                            f"built in")
+    check_config(vmlinux, list(fragments))
     for name, ko in sorted(modules.items()):
         magic = module_vermagic(ko)
         if magic.strip() != facts["vermagic"].strip():

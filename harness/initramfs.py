@@ -13,18 +13,18 @@ from pathlib import Path
 
 from harness import elfcheck
 from harness.errors import HarnessError
-from harness.kbuild import Kernel, build_kernel
+from harness.kbuild import Kernel, build_kernel, fragments_for
 from harness.paths import GUEST_DIR
 
 BUSYBOX = Path("/bin/busybox")
 # Guest path -> file under guest/. hld-*: commands for people at the console.
 GUEST_FILES = {"init": "init", "bin/agent": "agent.sh",
                **{f"bin/{n}": f"bin/{n}" for n in ("hld-lock", "hld-state", "hld-nmis")}}
-DIRS = ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "lib",
+DIRS = ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "lib", "var",
         "lib/modules", "usr", "usr/bin", "usr/sbin", "etc")
 
 
-class _Newc:
+class Newc:
     def __init__(self):
         self.buf = io.BytesIO()
         self.ino = 1
@@ -77,7 +77,7 @@ def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     # A module the kernel would refuse, or a bzImage that is not this
     # vmlinux, is refused here, before any boot, saying what does not match.
     elfcheck.check(kernel.bzimage, kernel.vmlinux, kernel.release, kernel.detector,
-                   kernel.modules)
+                   kernel.modules, fragments_for(kernel.detector))
     sources = {dst: GUEST_DIR / src for dst, src in GUEST_FILES.items()}
     sources.update(_build_tools(out_dir))
     mods = {f"lib/modules/{name}.ko": path for name, path in sorted(kernel.modules.items())}
@@ -87,7 +87,7 @@ def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     out = out_dir / f"initramfs-{h.hexdigest()[:12]}.cpio.gz"
     if out.exists():
         return out
-    cpio = _Newc()
+    cpio = Newc()
     for d in DIRS:
         cpio.add(d, 0o040755)
     cpio.add("bin/busybox", 0o100755, BUSYBOX.read_bytes())

@@ -5,7 +5,6 @@ harness qmp --guest DIR ...` talks to its second QMP monitor.
 """
 import os
 import selectors
-import socket
 import sys
 import termios
 import time
@@ -27,11 +26,17 @@ def banner(guest: Guest, vmlinux: Path | None) -> str:
              "  hld-state                               detector sysctls and HPET state",
              "  hld-nmis                                NMI counts per CPU",
              f"  from another terminal: python -m harness qmp --guest {guest.workdir} "
-             "nmi|cpus|quit",
+             "nmi|cpus|cpu-add|quit",
              f"  console log: {guest.console.path}",
              "  Ctrl-] shuts the guest down and leaves."]
     if guest.gdb_port:
         lines.insert(-1, f"  gdb: gdb -ex 'target remote 127.0.0.1:{guest.gdb_port}' {vmlinux}")
+    if (guest.workdir / "ssh.json").is_file():
+        from harness import ssh
+        lines[-2:-2] = [
+            f"  ssh: python -m harness ssh --guest {guest.workdir} [COMMAND]",
+            f"       python -m harness scp --guest {guest.workdir} FILE guest:/tmp/",
+            f"       or {ssh.openssh_command(guest.workdir)}"]
     return "\n".join(lines)
 
 
@@ -40,29 +45,36 @@ def hand_over(guest: Guest, vmlinux: Path | None) -> None:
     sock = connect_unix("\0" + guest.console_sock, time.monotonic() + 10, "console socket")
     print(banner(guest, vmlinux), flush=True)
     sock.sendall(b"\n")                   # a fresh prompt
+    try:
+        terminal(sock)
+    finally:
+        sock.close()
+
+
+def terminal(conn) -> None:
+    """Our terminal, raw, to conn (a socket, or an SSH channel: anything
+    with fileno, recv and sendall) until Ctrl-], end of input or conn
+    closing (poweroff, panic with -no-reboot, logout)."""
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
     try:
         if saved is not None:
             tty.setraw(fd)                # keys go to the guest as typed
-        _relay(sock, fd)
+        _relay(conn, fd)
     finally:
         if saved is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        sock.close()
 
 
-def _relay(sock: socket.socket, fd: int) -> None:
-    """Copy both ways until the escape key, end of input, or the guest
-    closing the console (poweroff, panic with -no-reboot)."""
+def _relay(conn, fd: int) -> None:
     sel = selectors.DefaultSelector()
     sel.register(fd, selectors.EVENT_READ)
-    sel.register(sock, selectors.EVENT_READ)
+    sel.register(conn, selectors.EVENT_READ)
     out = sys.stdout.buffer
     while True:
         for key, _ in sel.select():
-            if key.fileobj is sock:
-                data = sock.recv(4096)
+            if key.fileobj is conn:
+                data = conn.recv(4096)
                 if not data:
                     return
                 out.write(data)
@@ -72,11 +84,11 @@ def _relay(sock: socket.socket, fd: int) -> None:
                 if not data:
                     return
                 if ESCAPE in data:
-                    sock.sendall(data[:data.index(ESCAPE)])
+                    conn.sendall(data[:data.index(ESCAPE)])
                     out.write(b"\r\n")
                     out.flush()
                     return
-                sock.sendall(data)
+                conn.sendall(data)
 
 
 def qmp(workdir: Path, command: str) -> dict | list:
@@ -86,7 +98,7 @@ def qmp(workdir: Path, command: str) -> dict | list:
         raise HarnessError(f"{workdir} is not the directory of a running `harness boot` "
                            f"guest (no qmp-socket.txt)")
     commands = {"nmi": ("inject-nmi", {}), "cpus": ("query-cpus-fast", {}),
-                "quit": ("quit", {}), "status": ("query-status", {})}
+                "quit": ("quit", {}), "status": ("query-status", {}), "cpu-add": None}
     if command not in commands:
         raise HarnessError(f"unknown qmp command {command!r}; known: {', '.join(commands)}")
     mon = QEMUMonitorProtocol("\0" + sock_file.read_text().strip())
@@ -96,10 +108,32 @@ def qmp(workdir: Path, command: str) -> dict | list:
         raise HarnessError(f"cannot reach the guest's QMP monitor ({e}): has it quit?") \
             from None
     try:
-        name, args = commands[command]
-        reply = mon.cmd_raw(name, args)
+        if command == "cpu-add":
+            return _cpu_add(mon)
+        return _cmd(mon, *commands[command])
     finally:
         mon.close()
+
+
+def _cmd(mon: QEMUMonitorProtocol, name: str, args: dict):
+    reply = mon.cmd_raw(name, args)
     if "error" in reply:
         raise HarnessError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}")
     return reply.get("return", {})
+
+
+def _cpu_add(mon: QEMUMonitorProtocol) -> dict:
+    """Plug a vCPU into the first empty slot (the machine needs maxcpus >
+    cpus). The guest sees an ACPI hot-add and registers the CPU offline."""
+    free = [c for c in _cmd(mon, "query-hotpluggable-cpus", {}) if "qom-path" not in c]
+    if not free:
+        raise HarnessError("no free CPU slot: boot with --maxcpus larger than --cpus")
+    slot = min(free, key=lambda c: sorted(c["props"].items()))
+    props = slot["props"]
+    dev_id = "hotcpu-" + "-".join(str(props[k]) for k in sorted(props))
+    _cmd(mon, "device_add", {"driver": slot["type"], "id": dev_id, **props})
+    cpus = _cmd(mon, "query-cpus-fast", {})
+    added = [c for c in cpus if c.get("props") == props]
+    return {"added": dev_id, "props": props,
+            "qom-path": added[0]["qom-path"] if added else None,
+            "vcpus": len(cpus)}

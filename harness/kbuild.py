@@ -24,7 +24,7 @@ from harness.paths import (DEBIAN_TARBALL, GUEST_DIR, KERNEL_CONFIG_DIR,
 # Bump when the build recipe changes in a way the inputs don't show.
 RECIPE_VERSION = "1"
 
-BASE_FRAGMENTS = ("base.config", "lockup.config")
+BASE_FRAGMENTS = ("base.config", "lockup.config", "net.config")
 # The first detector is the default kernel's.
 DETECTOR_FRAGMENTS = {
     "hpet": ("hpet.config",),

@@ -17,6 +17,7 @@ class MachineSpec:
     cpus: int = 2
     sockets: int = 1
     threads: int = 1
+    maxcpus: int = 0               # > cpus: room to hot-add CPUs (QMP device_add)
     memory_mb: int = 512
     iommu: bool = False            # -device intel-iommu,intremap=on
     hpet: bool = True
@@ -31,9 +32,12 @@ class MachineSpec:
         if not 1 <= self.cpus <= MAX_TCG_CPUS:
             raise HarnessError(f"cpus={self.cpus}: must be 1..{MAX_TCG_CPUS}")
         if self.sockets < 1 or self.threads < 1 or \
-                self.cpus % (self.sockets * self.threads):
-            raise HarnessError(f"cpus={self.cpus} cannot be split into "
+                self.slots % (self.sockets * self.threads):
+            raise HarnessError(f"cpus={self.slots} cannot be split into "
                                f"sockets={self.sockets} x threads={self.threads}")
+        if self.maxcpus and not self.cpus <= self.maxcpus <= MAX_TCG_CPUS:
+            raise HarnessError(f"maxcpus={self.maxcpus}: must be {self.cpus} (cpus).."
+                               f"{MAX_TCG_CPUS}")
         if not 0 <= self.watchdog_thresh <= 60:
             raise HarnessError(f"watchdog_thresh={self.watchdog_thresh}: must be 0..60")
         if not 3 <= self.hpet_timers <= 32:
@@ -43,11 +47,19 @@ class MachineSpec:
         return self
 
     @property
+    def slots(self) -> int:
+        """CPUs the machine has room for: the ones it boots with plus the
+        ones that can be hot-added."""
+        return max(self.cpus, self.maxcpus)
+
+    @property
     def cores(self) -> int:
-        return self.cpus // (self.sockets * self.threads)
+        return self.slots // (self.sockets * self.threads)
 
     def label(self) -> str:
         parts = [f"{self.cpus}cpu"]
+        if self.slots > self.cpus:
+            parts.append(f"max{self.slots}")
         if self.sockets > 1:
             parts.append(f"{self.sockets}s")
         parts.append("iommu" if self.iommu else "noiommu")
@@ -77,17 +89,19 @@ class MachineSpec:
 def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
               console_log: Path, agent_sock: str, qmp_sock: str,
               qemu: str = "qemu-system-x86_64", console_sock: str | None = None,
-              user_qmp_sock: str | None = None, gdb_port: int | None = None) -> list[str]:
+              user_qmp_sock: str | None = None, gdb_port: int | None = None,
+              extra: tuple[str, ...] = ()) -> list[str]:
     """console_sock: the console on a socket for a person (still logged
     whole to console_log); user_qmp_sock: a second QMP monitor for them, as
-    the harness holds the first; gdb_port: a gdb stub on 127.0.0.1."""
+    the harness holds the first; gdb_port: a gdb stub on 127.0.0.1; extra:
+    more devices (the SSH network)."""
     machine = f"q35,hpet={'on' if spec.hpet else 'off'}"
     if spec.iommu and accel == "kvm":
         machine += ",kernel-irqchip=split"   # intremap needs a split irqchip on KVM
     argv = [qemu, "-machine", machine, "-accel", accel,
             "-cpu", cpu_model(accel),
-            "-smp", f"{spec.cpus},sockets={spec.sockets},cores={spec.cores},"
-                    f"threads={spec.threads}",
+            "-smp", f"{spec.cpus},maxcpus={spec.slots},sockets={spec.sockets},"
+                    f"cores={spec.cores},threads={spec.threads}",
             "-m", str(spec.memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-global", f"hpet.msi={'on' if spec.hpet_msi else 'off'}",
@@ -109,4 +123,4 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
                  f"server=on,wait=off", "-mon", "chardev=qmp1,mode=control"]
     if gdb_port:
         argv += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
-    return argv
+    return argv + list(extra)

@@ -21,6 +21,7 @@ from harness.machine import MachineSpec
 # Matrix key -> MachineSpec field, and the type its values must have.
 AXES = {
     "cpus": ("cpus", int), "sockets": ("sockets", int), "threads": ("threads", int),
+    "maxcpus": ("maxcpus", int),
     "memory": ("memory_mb", int), "iommu": ("iommu", bool), "hpet": ("hpet", bool),
     "hpet_msi": ("hpet_msi", bool), "hpet_timers": ("hpet_timers", int),
     "thresh": ("watchdog_thresh", int), "panic": ("hardlockup_panic", bool),

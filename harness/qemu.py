@@ -82,7 +82,8 @@ def deadline_scale(spec: MachineSpec, accel: str) -> float:
 class Guest:
     def __init__(self, spec: MachineSpec, kernel: Path, initrd: Path,
                  workdir: Path, accel: str, qemu: str = "qemu-system-x86_64",
-                 interactive: bool = False, gdb_port: int | None = None):
+                 interactive: bool = False, gdb_port: int | None = None,
+                 extra_args: tuple[str, ...] = ()):
         self.spec = spec.validate()
         for what, path in (("kernel image", kernel), ("initramfs", initrd)):
             if not Path(path).is_file():
@@ -90,6 +91,7 @@ class Guest:
         check_qemu(qemu)
         self.kernel, self.initrd, self.accel, self.qemu = kernel, initrd, accel, qemu
         self.interactive, self.gdb_port = interactive, gdb_port
+        self.extra_args = tuple(extra_args)
         self.console_sock = self.user_qmp_sock = None
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,8 @@ class Guest:
             (self.workdir / "qmp-socket.txt").write_text(self.user_qmp_sock + "\n")
         argv = qemu_argv(self.spec, self.accel, self.kernel, self.initrd,
                          self.console.path, f"{name}-agent", f"{name}-qmp", self.qemu,
-                         self.console_sock, self.user_qmp_sock, self.gdb_port)
+                         self.console_sock, self.user_qmp_sock, self.gdb_port,
+                         self.extra_args)
         (self.workdir / "qemu-cmdline.txt").write_text(shlex.join(argv) + "\n")
         (self.workdir / "kernel-cmdline.txt").write_text(self.spec.kernel_cmdline() + "\n")
         self.console.path.write_bytes(b"")

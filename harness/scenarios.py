@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from harness import expectations
 from harness.console_events import Event
-from harness.errors import GuestError, HarnessError
+from harness.errors import HarnessError
 from harness.qemu import Guest
 
 INJECT = "/sys/kernel/debug/lockup_inject/inject"
@@ -296,7 +296,7 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
     """LKDTM lockups never end: check the report, then retire the guest."""
     check_cpu(guest, cpu)
     kind = LKDTM_TYPES[crash]
-    name, label = f"lkdtm-{crash.lower().replace('_', '-')}@cpu{cpu}", guest.spec.label()
+    name = f"lkdtm-{crash.lower().replace('_', '-')}@cpu{cpu}"
     thresh = guest.spec.watchdog_thresh
     if kind == "hard_lockup":
         visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus,

@@ -43,6 +43,20 @@ scenarios = ["boot"]
      "no case of matrix/nightly.toml matches the selection"),
     (["run", "--matrix", "{bad_matrix}"], "unknown key 'cpu'"),
     (["parse", "/nonexistent.log"], "no such log file"),
+    (["run", "--scenario", "boot", "--cpus", "4", "--maxcpus", "2"],
+     "maxcpus=2: must be 4 (cpus)..255"),
+    (["ssh", "--guest", "/nonexistent", "--", "true"],
+     "/nonexistent is not the directory of a guest booted with --ssh (no ssh.json)"),
+    (["scp", "--guest", "/nonexistent", "a", "b"],
+     "scp: exactly one of SOURCE and DEST is guest:PATH"),
+    (["scp", "--guest", "/nonexistent", "/nonexistent.ko", "guest:/tmp/"],
+     "scp: /nonexistent.ko is not a file"),
+    (["qmp", "--guest", "/nonexistent", "cpu-add"],
+     "/nonexistent is not the directory of a running `harness boot` guest"),
+    (["symbolize", "/nonexistent.log"], "console log /nonexistent.log does not exist"),
+    (["compare", "/nonexistent.json", "/nonexistent.json"],
+     "/nonexistent.json: not a results.json of `harness run`"),
+    (["module", "/tmp"], "/tmp has no Kbuild or Makefile"),
 ])
 def test_bad_input_one_line(args, needle, tmp_path):
     bad = tmp_path / "bad.toml"

@@ -1,8 +1,10 @@
 """`python -m harness boot` the way a person uses it: boot 4 vCPUs with the
 IOMMU on, lock up CPU 2 from the console, see the report, ask QMP from
-another process, quit with Ctrl-], and no QEMU is left."""
+another process, SSH in, build a module, copy it in and load it, copy a
+file out, quit with Ctrl-], and no QEMU is left."""
 import json
 import re
+import secrets
 import subprocess
 import sys
 
@@ -17,7 +19,7 @@ from test_cleanup import _qemus_for, _wait
 @pytest.fixture
 def session(built, tmp_path):
     child = pexpect.spawn(sys.executable, ["-m", "harness", "boot", "--cpus", "4",
-                                           "--iommu", "on", "--out", str(tmp_path)],
+                                           "--iommu", "on", "--ssh", "--out", str(tmp_path)],
                           cwd=str(REPO), encoding="utf-8", codec_errors="replace",
                           timeout=240, dimensions=(50, 200))
     yield child, tmp_path
@@ -25,7 +27,7 @@ def session(built, tmp_path):
         child.terminate(force=True)
 
 
-def test_boot_lock_qmp_and_quit(session):
+def test_boot_lock_qmp_and_quit(session, built):
     child, out = session
     child.expect(r"qmp --guest (\S+) nmi")
     workdir = child.match.group(1)
@@ -40,14 +42,77 @@ def test_boot_lock_qmp_and_quit(session):
                           "cpus"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert sorted(c["cpu-index"] for c in json.loads(res.stdout)) == [0, 1, 2, 3]
+    _ssh_module_round_trip(child, workdir, out, built[0].release)
     child.send("\x1d")                                 # Ctrl-]
     child.expect("guest shut down")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
     assert _wait(lambda: not _qemus_for(str(out)), 20), "QEMU left running"
-    log = (next(out.glob("boot-*/console.log"))).read_text()
-    assert re.search(r"Watchdog detected hard LOCKUP on cpu 2", log)
+    log = next(out.glob("boot-*/console.log"))
+    assert re.search(r"Watchdog detected hard LOCKUP on cpu 2", log.read_text())
+    # The locked CPU's backtrace names lockup_fn in our module, which is
+    # built with -g: symbolize must put it inside lockup_fn's source lines.
+    res = harness("symbolize", str(log))
+    assert res.returncode == 0, res.stderr
+    lines = re.findall(r"lockup_fn\+0x\w+/0x\w+ \[lockup_inject\]  \S*/lockup_inject\.c:(\d+)",
+                       res.stdout)
+    assert lines, res.stdout
+    first, last = _function_lines(REPO / "guest/modules/lockup_inject/lockup_inject.c",
+                                  "static int lockup_fn(")
+    assert all(first <= int(n) <= last for n in lines), (lines, first, last)
+
+
+def _function_lines(source, signature):
+    """First and last line of a C function defined at column 0."""
+    text = source.read_text().splitlines()
+    first = next(i for i, line in enumerate(text, 1) if line.startswith(signature))
+    last = next(i for i, line in enumerate(text, 1) if i > first and line == "}")
+    return first, last
+
+
+HELLO = """#include <linux/module.h>
+static int __init hello_init(void)
+{
+	pr_info("hello from harness test %s\\n", "TOKEN");
+	return 0;
+}
+module_init(hello_init);
+MODULE_LICENSE("GPL");
+"""
+
+
+def harness(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _ssh_module_round_trip(child, workdir, out, release):
+    """From other processes, as a second terminal would: build a module
+    that did not exist before, copy it in over SSH, load it, see it print,
+    and copy /proc/modules back out."""
+    token = secrets.token_hex(6)
+    src = out / "hello"
+    src.mkdir()
+    (src / "hello_harness.c").write_text(HELLO.replace("TOKEN", token))
+    (src / "Kbuild").write_text("obj-m += hello_harness.o\n")
+    res = harness("module", str(src), timeout=300)
+    assert res.returncode == 0, res.stderr
+    ko = res.stdout.split()[-1]
+    assert ko.endswith("hello_harness.ko")
+    res = harness("ssh", "--guest", workdir, "--", "uname", "-r")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == release
+    res = harness("scp", "--guest", workdir, ko, "guest:/tmp/")
+    assert res.returncode == 0, res.stderr
+    res = harness("ssh", "--guest", workdir, "--", "insmod", "/tmp/hello_harness.ko")
+    assert res.returncode == 0, res.stderr
+    child.expect(f"hello from harness test {token}", timeout=60)
+    res = harness("ssh", "--guest", workdir, "--", "false")
+    assert res.returncode == 1, "the remote exit status is ours"
+    res = harness("scp", "--guest", workdir, "guest:/proc/modules", str(out))
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^hello_harness ", (out / "modules").read_text(), re.M)
 
 
 def test_kernel_of_another_release_is_refused(built, tmp_path):

@@ -4,7 +4,6 @@ Starts a real `python -m harness run` with its own output directory, waits
 until its QEMU is up, signals the harness, and looks for any QEMU process
 whose command line names that directory.
 """
-import os
 import signal
 import subprocess
 import sys

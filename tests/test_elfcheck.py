@@ -1,10 +1,11 @@
 """ELF checks before a boot, on the real kernel and modules (and copies of
 them altered the way a stale build would differ)."""
+import gzip
 import shutil
 
 import pytest
 
-from harness import elfcheck
+from harness import elfcheck, kbuild, kconfig
 from harness.errors import HarnessError
 
 
@@ -66,3 +67,32 @@ def test_junk_is_refused(built, tmp_path):
     shutil.copy(kernel.bzimage, tmp_path / "x")
     with pytest.raises(HarnessError, match="vmlinux .* does not exist"):
         elfcheck.vmlinux_facts(tmp_path / "vmlinux")
+
+
+def test_embedded_config_has_every_fragment_option(built):
+    kernel, _ = built
+    frags = kbuild.fragments_for(kernel.detector)
+    assert elfcheck.check_config(kernel.vmlinux, frags) is True
+    text = elfcheck.vmlinux_facts(kernel.vmlinux)["ikconfig"]
+    # It is this build's config, not just any that passes.
+    assert kconfig.parse_config(text) == kconfig.parse_config(kernel.config.read_text())
+
+
+def test_vmlinux_built_from_other_fragments_is_refused(built, tmp_path):
+    """A vmlinux whose embedded config lacks an option a fragment asks for
+    (as a tree configured by hand would), here CONFIG_DETECT_HUNG_TASK."""
+    kernel, _ = built
+    data = bytearray(kernel.vmlinux.read_bytes())
+    text = elfcheck.vmlinux_facts(kernel.vmlinux)["ikconfig"]
+    start = data.index(b"IKCFG_ST") + len(b"IKCFG_ST")
+    end = data.index(b"IKCFG_ED", start)
+    assert "CONFIG_DETECT_HUNG_TASK=y\n" in text
+    blob = gzip.compress(text.replace("CONFIG_DETECT_HUNG_TASK=y\n", "").encode(), 9)
+    assert len(blob) <= end - start, "the edited config must fit where the old one was"
+    data[start:end] = blob + bytes(end - start - len(blob))
+    vmlinux = tmp_path / "vmlinux"
+    vmlinux.write_bytes(bytes(data))
+    with pytest.raises(HarnessError) as e:
+        elfcheck.check_config(vmlinux, kbuild.fragments_for(kernel.detector))
+    assert "was not built from our config fragments" in str(e.value) and \
+        "CONFIG_DETECT_HUNG_TASK=y (from lockup.config) ended up not set" in str(e.value)

@@ -1,0 +1,80 @@
+"""Do runs of the same matrix agree? Verdicts per case across results.json
+files, for the back-to-back runs that tell flakes from real results.
+
+A case disagrees when its outcome differs between runs, or when any run
+needed a retry for it (a flake: its attempts disagreed within one run).
+Cases not in every run are listed apart: different selections are not
+disagreements.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+@dataclass
+class Run:
+    path: Path
+    meta: dict
+    outcomes: dict[str, str]          # case id -> pass/fail/flake/error
+    reasons: dict[str, str]
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        cases = doc["cases"]
+        return Run(path, doc.get("meta", {}), {c["id"]: c["outcome"] for c in cases},
+                   {c["id"]: c.get("reason", "") for c in cases})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HarnessError(f"{path}: not a results.json of `harness run` ({e})") from None
+
+
+@dataclass
+class Comparison:
+    runs: list[Run]
+    common: list[str]
+    partial: list[str]
+    disagree: list[str]
+
+    @property
+    def agree(self) -> bool:
+        return not self.disagree
+
+
+def compare(runs: list[Run]) -> Comparison:
+    if len(runs) < 2:
+        raise HarnessError("compare needs at least two results.json files")
+    ids = [set(r.outcomes) for r in runs]
+    common = sorted(set.intersection(*ids))
+    partial = sorted(set.union(*ids) - set(common))
+    disagree = [cid for cid in common
+                if len({r.outcomes[cid] for r in runs}) > 1
+                or any(r.outcomes[cid] == "flake" for r in runs)]
+    return Comparison(runs, common, partial, disagree)
+
+
+def render(c: Comparison) -> str:
+    lines = []
+    for i, r in enumerate(c.runs, 1):
+        counts: dict[str, int] = {}
+        for o in r.outcomes.values():
+            counts[o] = counts.get(o, 0) + 1
+        wall = r.meta.get("wall_s")
+        took = f"{wall / 60:.1f} min" if wall else "? min"
+        lines.append(f"run {i}: {r.path} (started {r.meta.get('started', '?')}, {took}): "
+                     + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    lines.append(f"{len(c.common)} cases in every run; {len(c.partial)} only in some")
+    if c.agree:
+        lines.append("all verdicts agree, no flakes")
+        return "\n".join(lines)
+    lines.append(f"{len(c.disagree)} cases disagree:")
+    for cid in c.disagree:
+        verdicts = " ".join(r.outcomes[cid] for r in c.runs)
+        lines.append(f"  {cid}: {verdicts}")
+        for i, r in enumerate(c.runs, 1):
+            if r.outcomes[cid] != "pass":
+                lines.append(f"    run {i}: {r.reasons[cid][:200]}")
+    return "\n".join(lines)
