@@ -43,9 +43,13 @@ def _wait(pred, timeout):
                          ids=lambda s: s.name)
 def test_no_qemu_survives_the_harness(sig, tmp_path, built):
     out = tmp_path / "run"
+    # As from a terminal: SIGINT deliverable even if we were started in the
+    # background by a shell without job control (which ignores it, and the
+    # ignoring is inherited).
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--scenario", "idle",
                              "--cpus", "2", "--out", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert _wait(lambda: _qemus_for(str(out)), 120), "QEMU never started"
         # Let the guest get going so the signal lands mid-run.
