@@ -298,7 +298,10 @@ def cmd_ssh(args) -> int:
         chan = conn.shell()
         print("harness: ssh shell; exit or Ctrl-] leaves", file=sys.stderr)
         interactive.terminal(chan)
-        return chan.recv_exit_status() if chan.exit_status_ready() else 0
+        if not chan.eof_received:
+            return 0                      # Ctrl-]: we left, the shell did not end
+        chan.status_event.wait(5)         # the exit status comes with the EOF
+        return max(chan.exit_status, 0)
 
 
 def cmd_scp(args) -> int:

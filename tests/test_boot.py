@@ -113,6 +113,19 @@ def _ssh_module_round_trip(child, workdir, out, release):
     res = harness("scp", "--guest", workdir, "guest:/proc/modules", str(out))
     assert res.returncode == 0, res.stderr
     assert re.search(r"^hello_harness ", (out / "modules").read_text(), re.M)
+    # And a shell on a pty of our size, whose exit status comes back.
+    sh = pexpect.spawn(sys.executable, ["-m", "harness", "ssh", "--guest", workdir],
+                       cwd=str(REPO), encoding="utf-8", codec_errors="replace",
+                       timeout=60, dimensions=(40, 120))
+    sh.expect("# ")
+    sh.sendline("echo sum $((1+2)); tty; stty size")
+    sh.expect("sum 3")
+    sh.expect(r"/dev/pts/\d+")
+    sh.expect("40 120")
+    sh.sendline("exit 3")
+    sh.expect(pexpect.EOF)
+    sh.close()
+    assert sh.exitstatus == 3
 
 
 def test_kernel_of_another_release_is_refused(built, tmp_path):
