@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.report import OUTCOMES, outcome_counts
 
 
 @dataclass
 class Run:
     path: Path
     meta: dict
+    cases: list[dict]
     outcomes: dict[str, str]          # case id -> pass/fail/flake/error
     reasons: dict[str, str]
 
@@ -26,10 +28,14 @@ def load_run(path: Path) -> Run:
     try:
         doc = json.loads(path.read_text())
         cases = doc["cases"]
-        return Run(path, doc.get("meta", {}), {c["id"]: c["outcome"] for c in cases},
-                   {c["id"]: c.get("reason", "") for c in cases})
+        run = Run(path, doc.get("meta", {}), cases, {c["id"]: c["outcome"] for c in cases},
+                  {c["id"]: c.get("reason", "") for c in cases})
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise HarnessError(f"{path}: not a results.json of `harness run` ({e})") from None
+    unknown = set(run.outcomes.values()) - set(OUTCOMES)
+    if unknown:
+        raise HarnessError(f"{path}: unknown outcome(s) {sorted(unknown)}")
+    return run
 
 
 @dataclass
@@ -59,13 +65,11 @@ def compare(runs: list[Run]) -> Comparison:
 def render(c: Comparison) -> str:
     lines = []
     for i, r in enumerate(c.runs, 1):
-        counts: dict[str, int] = {}
-        for o in r.outcomes.values():
-            counts[o] = counts.get(o, 0) + 1
+        counts = outcome_counts(r.cases)
         wall = r.meta.get("wall_s")
         took = f"{wall / 60:.1f} min" if wall else "? min"
         lines.append(f"run {i}: {r.path} (started {r.meta.get('started', '?')}, {took}): "
-                     + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+                     + ", ".join(f"{n} {k}" for k, n in counts.items()))
     lines.append(f"{len(c.common)} cases in every run; {len(c.partial)} only in some")
     if c.agree:
         lines.append("all verdicts agree, no flakes")

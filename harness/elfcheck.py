@@ -133,8 +133,7 @@ def check_config(vmlinux: Path, fragments: list[Path]) -> bool:
     text = vmlinux_facts(vmlinux).get("ikconfig")
     if text is None:
         return False
-    wanted = [o for f in fragments for o in kconfig.parse_fragment(f).values()]
-    problems = kconfig.missing_options(wanted, kconfig.parse_config(text, "ikconfig"))
+    problems = kconfig.fragment_problems(fragments, kconfig.parse_config(text, "ikconfig"))
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise HarnessError(f"{vmlinux} was not built from our config fragments: in its "

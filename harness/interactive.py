@@ -97,8 +97,11 @@ def qmp(workdir: Path, command: str) -> dict | list:
     if not sock_file.is_file():
         raise HarnessError(f"{workdir} is not the directory of a running `harness boot` "
                            f"guest (no qmp-socket.txt)")
-    commands = {"nmi": ("inject-nmi", {}), "cpus": ("query-cpus-fast", {}),
-                "quit": ("quit", {}), "status": ("query-status", {}), "cpu-add": None}
+    commands = {"nmi": lambda mon: _cmd(mon, "inject-nmi", {}),
+                "cpus": lambda mon: _cmd(mon, "query-cpus-fast", {}),
+                "quit": lambda mon: _cmd(mon, "quit", {}),
+                "status": lambda mon: _cmd(mon, "query-status", {}),
+                "cpu-add": _cpu_add}
     if command not in commands:
         raise HarnessError(f"unknown qmp command {command!r}; known: {', '.join(commands)}")
     mon = QEMUMonitorProtocol("\0" + sock_file.read_text().strip())
@@ -108,9 +111,7 @@ def qmp(workdir: Path, command: str) -> dict | list:
         raise HarnessError(f"cannot reach the guest's QMP monitor ({e}): has it quit?") \
             from None
     try:
-        if command == "cpu-add":
-            return _cpu_add(mon)
-        return _cmd(mon, *commands[command])
+        return commands[command](mon)
     finally:
         mon.close()
 

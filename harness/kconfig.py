@@ -61,12 +61,14 @@ def missing_options(wanted: list[Option], final: dict[str, Option]) -> list[str]
     return problems
 
 
+def fragment_problems(fragments: list[Path], final: dict[str, Option]) -> list[str]:
+    """Each option of the fragments that a final config does not have."""
+    wanted = [opt for frag in fragments for opt in parse_fragment(frag).values()]
+    return missing_options(wanted, final)
+
+
 def check_final_config(fragments: list[Path], dot_config: Path) -> None:
-    wanted: list[Option] = []
-    for frag in fragments:
-        wanted.extend(parse_fragment(frag).values())
-    final = parse_config(dot_config.read_text())
-    problems = missing_options(wanted, final)
+    problems = fragment_problems(fragments, parse_config(dot_config.read_text()))
     if problems:
         raise HarnessError("config fragment not satisfied by the final .config "
                            "(missing dependency?): " + "; ".join(problems))
