@@ -13,7 +13,8 @@ SCENARIOS = {
     "boot": lambda g, d, cpu: sc.boot(g, d),
     "idle": lambda g, d, cpu: sc.idle(g),
     # `make soak DURATION=`: how long comes from HARNESS_SOAK_SECONDS.
-    "soak": lambda g, d, cpu: sc.soak(g, float(os.environ.get("HARNESS_SOAK_SECONDS", "600"))),
+    "soak": lambda g, d, cpu: sc.soak(g, d, float(os.environ.get("HARNESS_SOAK_SECONDS",
+                                                                 "600"))),
     "hard-lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu),
     "soft-lockup": lambda g, d, cpu: sc.soft_lockup(g, d, cpu),
     "hard-lockup-test_lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu, "test_lockup"),

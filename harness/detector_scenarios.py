@@ -11,17 +11,9 @@ from harness.errors import HarnessError
 from harness.qemu import Guest
 from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, _describe, _mark,
                                _since, _wait_event, check_cpu, hard_lockup,
-                               inject_command)
+                               inject_command, nmi_counts, nmi_rate_problem)
 
 HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
-
-
-def nmi_counts(guest: Guest) -> list[int]:
-    """Per-CPU NMI counts from /proc/interrupts."""
-    for line in guest.check("cat /proc/interrupts").splitlines():
-        if line.strip().startswith("NMI:"):
-            return [int(x) for x in line.split()[1:1 + guest.spec.cpus]]
-    raise HarnessError("no NMI line in /proc/interrupts")
 
 
 def cpulist(text: str) -> set[int]:
@@ -70,13 +62,9 @@ def enabled(guest: Guest, detector: str) -> Result:
                          for k in ("min", "max", "last")}
     if bad:
         return Result(name, label, False, "while idle: " + _describe(bad), m)
-    # One NMI per check on every CPU: at least one per 2*thresh (or it could
-    # not detect within that), and not absurdly many.
-    low, high = 1.0 / (2 * thresh), 4.0 / thresh
-    off = [cpu for cpu, r in enumerate(rates) if not low <= r <= high]
-    if off:
-        return Result(name, label, False, f"NMI rate on cpus {off} outside "
-                      f"{low:.2f}..{high:.2f}/s: {rates}", m)
+    problem = nmi_rate_problem(rates, thresh)
+    if problem:
+        return Result(name, label, False, problem, m)
     if max(rates) - min(rates) > 0.25 * max(rates):
         return Result(name, label, False, f"CPUs take NMIs at unequal rates: {rates}", m)
     return Result(name, label, True, f"channel {m['channel']}, handling cpu "

@@ -85,13 +85,37 @@ def boot(guest: Guest, detector: str) -> Result:
 SOAK_CHECK_S = 60    # how often a soaking guest must still answer
 
 
-def soak(guest: Guest, seconds: float) -> Result:
+def nmi_counts(guest: Guest) -> list[int]:
+    """Per-CPU NMI counts from /proc/interrupts."""
+    for line in guest.check("cat /proc/interrupts").splitlines():
+        if line.strip().startswith("NMI:"):
+            return [int(x) for x in line.split()[1:1 + guest.spec.cpus]]
+    raise HarnessError("no NMI line in /proc/interrupts")
+
+
+def nmi_rate_problem(rates: list[float], thresh: int) -> str | None:
+    """What is wrong with per-CPU HPET watchdog NMI rates, if anything: each
+    CPU needs one NMI per check, at least one per 2*thresh (or a lockup could
+    go unseen that long), and not absurdly many."""
+    low, high = 1.0 / (2 * max(thresh, 1)), 4.0 / max(thresh, 1)
+    off = [cpu for cpu, r in enumerate(rates) if not low <= r <= high]
+    if off:
+        return f"NMI rate on cpus {off} outside {low:.2f}..{high:.2f}/s: {rates}"
+    return None
+
+
+def soak(guest: Guest, detector: str, seconds: float) -> Result:
     """Keep the guest idle for `seconds` and count every lockup report,
     unknown NMI, RCU stall or other bad event: each is a false positive.
-    Unlike idle, it does not stop at the first one: the count is the result."""
+    Unlike idle, it does not stop at the first one: the count is the result.
+
+    A quiet soak only means something if the detector was armed all along,
+    so the HPET detector's NMIs must have kept coming on every CPU, and a
+    real hard lockup at the end (the canary) must still be reported."""
     name, label = "soak", guest.spec.label()
     start = _mark(guest)
-    deadline = time.monotonic() + seconds
+    before, t0 = nmi_counts(guest), time.monotonic()
+    deadline = t0 + seconds
     while time.monotonic() < deadline:
         # Not a wait for an event: the guest is watched for a fixed time.
         guest.console.wait_until(lambda: False, min(deadline, time.monotonic()
@@ -100,15 +124,30 @@ def soak(guest: Guest, seconds: float) -> Result:
             raise guest.failure(f"soak: the guest died after "
                                 f"{seconds - (deadline - time.monotonic()):.0f} s")
         guest.check("true")          # still answering: not hung
+    after, t1 = nmi_counts(guest), time.monotonic()
     bad = _since(guest, start, LOCKUP_KINDS + BAD_KINDS)
     counts: dict[str, int] = {}
     for e in bad:
         counts[e.kind] = counts.get(e.kind, 0) + 1
-    m = {"soak_seconds": seconds, "false_positives": len(bad), "by_kind": counts}
+    rates = [round((a - b) / (t1 - t0), 3) for a, b in zip(after, before)]
+    m = {"soak_seconds": seconds, "false_positives": len(bad), "by_kind": counts,
+         "nmi_per_cpu_per_s": rates}
     if bad:
         return Result(name, label, False, f"{len(bad)} false positives in {seconds:.0f} s: "
                       + _describe(bad), m)
-    return Result(name, label, True, f"no false positive in {seconds:.0f} s idle", m)
+    runs, _ = expectations.detector_runs(detector, guest.console.text)
+    problem = nmi_rate_problem(rates, guest.spec.watchdog_thresh) \
+        if runs and detector == "hpet" else None
+    if problem:
+        return Result(name, label, False, f"the detector did not stay armed: {problem}", m)
+    canary = hard_lockup(guest, detector, guest.spec.cpus - 1)
+    m["canary"] = {"passed": canary.passed, "reason": canary.reason,
+                   "latency_s": canary.measurements.get("latency_s")}
+    if not canary.passed:
+        return Result(name, label, False, "no false positive, but a hard lockup after "
+                      f"the soak was judged wrong: {canary.reason}", m)
+    return Result(name, label, True, f"no false positive in {seconds:.0f} s idle; "
+                  f"then {canary.reason}", m)
 
 
 def idle(guest: Guest, periods: int = 3) -> Result:

@@ -1,6 +1,7 @@
 """The soak scenario counts what fires during its window: a lockup that
 starts while it watches must fail it (with the count), so a quiet soak
-means something."""
+means something. And a quiet soak must come from an armed detector: one
+switched off half-way must fail it too."""
 from conftest import DETECTOR
 from harness import expectations, scenarios
 from harness.machine import MachineSpec
@@ -8,13 +9,37 @@ from harness.machine import MachineSpec
 SPEC = MachineSpec(cpus=2, **expectations.machine_defaults(DETECTOR))
 
 
+def _later(guest, seconds: int, command: str) -> None:
+    """Run `command` in the guest `seconds` from now: the guest keeps the
+    time, not the host."""
+    guest.send(f"sh -c 'sleep {seconds}; " + command.replace("'", "") + "' &")
+
+
 def test_soak_counts_a_lockup_during_its_window(pool):
     guest = pool.get(DETECTOR, SPEC)
-    # Starts 2 s into the soak, from the guest itself: no host timing.
-    guest.send("sh -c 'sleep 2; " + scenarios.inject_command("lockup_inject", "irqoff", 1, 6000)
-               .replace("'", "") + "'")
-    result = scenarios.soak(guest, 15)
+    _later(guest, 2, scenarios.inject_command("lockup_inject", "irqoff", 1, 6000))
+    result = scenarios.soak(guest, DETECTOR, 15)
     assert not result.passed
     assert result.measurements["by_kind"].get("hard_lockup", 0) >= 1, result
     assert result.reason.startswith(f"{result.measurements['false_positives']} false positives")
+    pool.retire()
+
+
+def test_a_quiet_soak_ends_with_a_reported_lockup(pool):
+    guest = pool.get(DETECTOR, SPEC)
+    result = scenarios.soak(guest, DETECTOR, 10)
+    assert result.passed, result
+    assert result.measurements["false_positives"] == 0
+    assert result.measurements["canary"]["passed"], result
+    assert result.measurements["canary"]["latency_s"] is not None, result
+    pool.retire()
+
+
+def test_a_detector_switched_off_during_the_soak_fails_it(pool):
+    guest = pool.get(DETECTOR, SPEC)
+    _later(guest, 2, "echo 0 > /proc/sys/kernel/nmi_watchdog")
+    result = scenarios.soak(guest, DETECTOR, 12)
+    assert not result.passed, result
+    assert result.measurements["false_positives"] == 0, result
+    assert "did not stay armed" in result.reason or "after the soak" in result.reason, result
     pool.retire()
