@@ -72,6 +72,8 @@ def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int) -> tuple[dict,
                    "console_tail": e.console_tail}
         measurements = {}
     attempt["duration_s"] = round(time.monotonic() - t0, 2)
+    # TCG guests feel host load as lost time: kept to explain flakes by.
+    attempt["host_load"] = round(os.getloadavg()[0], 2)
     if guest is not None:
         attempt["guest"] = os.path.relpath(guest.workdir, case_dir)
         guest.console.refresh()

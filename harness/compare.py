@@ -70,6 +70,10 @@ def render(c: Comparison) -> str:
         took = f"{wall / 60:.1f} min" if wall else "? min"
         lines.append(f"run {i}: {r.path} (started {r.meta.get('started', '?')}, {took}): "
                      + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    kernels = {json.dumps(r.meta.get("kernels"), sort_keys=True) for r in c.runs}
+    if len(kernels) > 1:
+        lines.append("note: the runs did not all test the same kernels (see each "
+                     "results.json's meta.kernels)")
     lines.append(f"{len(c.common)} cases in every run; {len(c.partial)} only in some")
     if c.agree:
         lines.append("all verdicts agree, no flakes")
@@ -80,5 +84,14 @@ def render(c: Comparison) -> str:
         lines.append(f"  {cid}: {verdicts}")
         for i, r in enumerate(c.runs, 1):
             if r.outcomes[cid] != "pass":
-                lines.append(f"    run {i}: {r.reasons[cid][:200]}")
+                load = _host_loads(r, cid)
+                lines.append(f"    run {i}: {r.reasons[cid][:200]}"
+                             + (f" (host load {load})" if load else ""))
     return "\n".join(lines)
+
+
+def _host_loads(run: Run, cid: str) -> str:
+    """The host's 1-minute load average after each attempt of a case."""
+    case = next(c for c in run.cases if c["id"] == cid)
+    loads = [a["host_load"] for a in case.get("attempts", []) if "host_load" in a]
+    return "/".join(f"{x:.1f}" for x in loads)

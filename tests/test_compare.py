@@ -39,12 +39,24 @@ def test_a_changed_verdict_is_named(tmp_path):
     def flip(cases):
         case = next(c for c in cases if c["outcome"] == "pass")
         case["outcome"], case["reason"] = "fail", "no report within 4.0 s"
+        case["attempts"][-1]["host_load"] = 7.46
         flip.id = case["id"]
     other = _variant(tmp_path, "b.json", flip)
     res = _run(SAMPLE, SAMPLE, other)
     assert res.returncode == 1
     assert f"  {flip.id}: pass pass fail" in res.stdout
-    assert "run 3: no report within 4.0 s" in res.stdout
+    assert "run 3: no report within 4.0 s (host load 7.5)" in res.stdout
+    assert "not all test the same kernels" not in res.stdout
+
+
+def test_runs_of_different_kernels_are_pointed_out(tmp_path):
+    doc = json.loads(SAMPLE.read_text())
+    doc["meta"]["kernels"]["hpet"] = "6.12.117 (0000000000000000)"
+    other = tmp_path / "b.json"
+    other.write_text(json.dumps(doc))
+    res = _run(SAMPLE, other)
+    assert res.returncode == 0, res.stdout
+    assert "note: the runs did not all test the same kernels" in res.stdout
 
 
 def test_a_flake_in_one_run_is_a_disagreement(tmp_path):
