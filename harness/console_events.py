@@ -94,6 +94,12 @@ _RULES = [
     ("unknown_nmi",
      r"Dazed and confused, but trying to continue",
      CALLER, "NMI: dazed and confused"),
+    # arch/x86/kernel/nmi.c, rate-limited. Not a false positive by itself: a
+    # handler that prints a backtrace is slow, and under TCG a vCPU the host
+    # preempted mid-handler looks slow too. Counted, not judged.
+    ("nmi_slow",
+     r"INFO: NMI handler \((?P<handler>[^)]+)\) took too long to run: (?P<ms>[\d.]+) msecs",
+     CALLER, "NMI handler {handler} took {ms} ms"),
     # drivers/iommu/intel/dmar.c (pr_fmt "DMAR: "; 3.x had "dmar:" / "DMAR:[").
     ("dmar_fault",
      r"(?:DMAR|dmar): ?DRHD: handling fault status reg (?P<reg>[0-9a-fA-F]+)",

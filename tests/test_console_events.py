@@ -47,6 +47,7 @@ EXPECTED = {
         ("boot_complete", 1.679482, None, 233),  # guest agent ready
         ("lockup_injected", 1.734524, 1, 234),  # irqoff lockup injected on cpu 1 for 14000 ms
         ("hard_lockup", 7.525077, 1, 235),  # hard LOCKUP on cpu 1
+        ("nmi_slow", 7.540849, 1, 262),  # nmi_cpu_backtrace_handler took 12.729 ms: it printed the locked CPU's backtrace
         ("panic", 7.54188, 0, 263),  # Kernel panic: Hard LOCKUP
     ],
     "guest-buddy-2cpu-iommu-lockups.log": [
@@ -54,6 +55,7 @@ EXPECTED = {
         ("boot_complete", 1.376488, None, 242),  # guest agent ready
         ("lockup_injected", 7.517996, 0, 246),  # irqoff lockup injected on cpu 0 for 14000 ms
         ("hard_lockup", 12.603829, 0, 247),  # hard LOCKUP on cpu 0
+        ("nmi_slow", 12.61734, 0, 274),  # nmi_cpu_backtrace_handler took 10.849 ms: it printed the locked CPU's backtrace
         ("soft_lockup", 19.004052, 1, 275),  # soft lockup on cpu 1, stuck for 11s [sh:48]
         ("lockup_released", 21.519052, 0, 316),  # lockup released on cpu 0 after 14000 ms
         ("lockup_injected", 21.549701, 1, 317),  # irqoff lockup injected on cpu 1 for 14000 ms
@@ -82,6 +84,7 @@ EXPECTED = {
         ("boot_complete", 3.081647, None, 243),  # guest agent ready
         ("lockup_injected", 9.253958, 0, 247),  # irqoff lockup injected on cpu 0 for 14000 ms
         ("hard_lockup", 13.683185, 0, 248),  # hard LOCKUP on cpu 0
+        ("nmi_slow", 13.69838, 0, 275),  # nmi_cpu_backtrace_handler took 12.545 ms: it printed the locked CPU's backtrace
         ("lockup_released", 23.254911, 0, 276),  # lockup released on cpu 0 after 14000 ms
         ("lockup_injected", 23.32279, 4, 278),  # irqoff lockup injected on cpu 4 for 14000 ms
         ("hard_lockup", 29.92399, 4, 279),  # hard LOCKUP on cpu 4
@@ -262,6 +265,8 @@ KERNEL_FORMATS = [
     ("lib/bug.c", "", "kernel BUG at %s:%u!", ("mm/foo.c", 123), "bug", None),
     ("arch/x86/kernel/nmi.c", "", "Uhhuh. NMI received for unknown reason %02x on CPU %d.", (0x30, 2), "unknown_nmi", 2),
     ("arch/x86/kernel/nmi.c", "", "Dazed and confused, but trying to continue", (), "unknown_nmi", None),
+    ("arch/x86/kernel/nmi.c", "", "INFO: NMI handler (%ps) took too long to run: %lld.%03d msecs",
+     ("hld_nmi_handler", 11, 755), "nmi_slow", None),
     ("drivers/iommu/intel/dmar.c", "DMAR: ", "DRHD: handling fault status reg %x", (2,), "dmar_fault", None),
     ("drivers/iommu/intel/dmar.c", "DMAR: ",
      "[INTR-REMAP] Request device [%02x:%02x.%d] fault index 0x%llx [fault reason 0x%02x] %s",
@@ -289,7 +294,7 @@ KERNEL_FORMATS = [
 
 def _render(fmt, args):
     """printf the way the kernel would, for the conversions used above."""
-    fmt = re.sub(r"%p[xS]", "%s", fmt)
+    fmt = re.sub(r"%p[xsS]", "%s", fmt)
     fmt = re.sub(r"%(0?\d*)(?:ll|l)?([dux])", lambda m: "%" + m[1] + ("d" if m[2] == "u" else m[2]), fmt)
     return fmt % args
 
