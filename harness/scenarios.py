@@ -283,8 +283,9 @@ def _report_verdict(guest: Guest, name: str, start: int, report_kind: str, cpu: 
         return Result(name, label, True, f"not reported, as expected: {why}", m)
     if "latency_s" not in m:
         seen = f"; reported instead: cpus {others}" if others else ""
-        return Result(name, label, False, f"expected a {report_kind} report on cpu "
-                      f"{cpu} within {m['bound_s']:.1f} s, got none{seen}", m)
+        where = f" on cpu {cpu}" if cpu is not None else ""
+        return Result(name, label, False, f"expected a {report_kind} report{where} "
+                      f"within {m['bound_s']:.1f} s, got none{seen}", m)
     if others:
         return Result(name, label, False, f"{report_kind} also reported on cpus "
                       f"{others}, only cpu {cpu} was locked", m)
@@ -292,7 +293,8 @@ def _report_verdict(guest: Guest, name: str, start: int, report_kind: str, cpu: 
     if not 0 <= latency <= m["bound_s"]:
         return Result(name, label, False, f"reported {latency:.2f} s after the "
                       f"injection, outside 0..{m['bound_s']:.1f} s", m)
-    return Result(name, label, True, f"cpu {cpu} reported after {latency:.2f} s", m)
+    who = f"cpu {cpu}" if cpu is not None else "the hung task"
+    return Result(name, label, True, f"{who} reported after {latency:.2f} s", m)
 
 
 def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Result:
