@@ -1,12 +1,16 @@
-"""Killing the harness mid-run leaves no QEMU behind.
+"""Killing the harness mid-run leaves no QEMU and no temporary file behind.
 
 Starts a real `python -m harness run` with its own output directory, waits
 until its QEMU is up, signals the harness, and looks for any QEMU process
-whose command line names that directory.
+whose command line names that directory, and for temporary files: a report
+half-written in the output directory (written to a .tmp, then renamed), or
+anything new in the system's temporary directory (the guests' sockets are
+abstract, so there should be none).
 """
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +34,10 @@ def _qemus_for(marker: str) -> list[int]:
     return pids
 
 
+def _tmp_entries() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()}
+
+
 def _wait(pred, timeout):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -41,8 +49,9 @@ def _wait(pred, timeout):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
                          ids=lambda s: s.name)
-def test_no_qemu_survives_the_harness(sig, tmp_path, built):
+def test_no_qemu_or_temp_file_survives_the_harness(sig, tmp_path, built):
     out = tmp_path / "run"
+    tmp_before = _tmp_entries()
     # As from a terminal: SIGINT deliverable even if we were started in the
     # background by a shell without job control (which ignores it, and the
     # ignoring is inherited).
@@ -64,3 +73,7 @@ def test_no_qemu_survives_the_harness(sig, tmp_path, built):
     assert _wait(lambda: not _qemus_for(str(out)), 20), \
         f"QEMU left running after {sig.name}: {_qemus_for(str(out))}"
     assert proc.returncode != 0
+    assert not list(out.rglob("*.tmp")), f"half-written files left: {list(out.rglob('*.tmp'))}"
+    # pytest's own tmp_path lives there too; it existed before the harness ran.
+    assert _tmp_entries() - tmp_before == set(), \
+        f"left in {tempfile.gettempdir()}: {_tmp_entries() - tmp_before}"
