@@ -73,7 +73,8 @@ def test_no_qemu_or_temp_file_survives_the_harness(sig, tmp_path, built):
     assert _wait(lambda: not _qemus_for(str(out)), 20), \
         f"QEMU left running after {sig.name}: {_qemus_for(str(out))}"
     assert proc.returncode != 0
-    assert not list(out.rglob("*.tmp")), f"half-written files left: {list(out.rglob('*.tmp'))}"
+    half_written = list(out.rglob("*.tmp"))
+    assert not half_written, f"half-written files left: {half_written}"
     # pytest's own tmp_path lives there too; it existed before the harness ran.
-    assert _tmp_entries() - tmp_before == set(), \
-        f"left in {tempfile.gettempdir()}: {_tmp_entries() - tmp_before}"
+    left = _tmp_entries() - tmp_before
+    assert not left, f"left in {tempfile.gettempdir()}: {left}"
