@@ -23,6 +23,21 @@ def cmd_kernel(args) -> int:
     return 0
 
 
+def cmd_qemu(args) -> int:
+    """Build (or reuse) the patched QEMU, or check another binary."""
+    from harness import qemu_build
+    if args.check:
+        q = qemu_build.check(args.check)
+        print(f"{q.binary}: QEMU {'.'.join(map(str, q.version))}")
+        for name, what in qemu_build.FEATURES.items():
+            print(f"  {'yes' if name in q.features else 'no '} {name}: {what}")
+        qemu_build.check(args.check, require=True)    # lacking one: an error line
+        return 0
+    q = qemu_build.resolve(require=True)
+    print(q.binary)
+    return 0
+
+
 def prepare(detector: str):
     """Kernel (cached build) and an initramfs with modules built against it."""
     from harness import initramfs
@@ -377,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
         s.set_defaults(func=fn)
+    s = sub.add_parser("qemu", help="build (or reuse) the patched QEMU (qemu/patches) "
+                       "and print its path; QEMU=path uses that binary, checked")
+    s.add_argument("--check", metavar="BINARY",
+                   help="only say which patched features BINARY has (exit 2 if any lacks)")
+    s.set_defaults(func=cmd_qemu)
     s = sub.add_parser("parse", help="print the events of a kernel console log")
     s.add_argument("log")
     s.add_argument("--json", action="store_true")

@@ -27,6 +27,11 @@ class MachineSpec:
     hardlockup_panic: bool = False
     nmi_watchdog: str | None = None     # e.g. "hpet", "0"; None = kernel default
     cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
+    # The fields below need QEMU >= 9 (x2APIC under TCG, eim) or QEMU with
+    # qemu/patches (the rest); their defaults give the command line as before.
+    x2apic: bool = False           # +x2apic on the CPU; with iommu, eim=on too
+    iommu_hpet: bool = True        # False: hpet-scope=off, the DMAR leaves the HPET out
+    hpet_strict_comparator: bool = False   # hpet.strict-comparator=on: a past comparator never fires
 
     def validate(self) -> "MachineSpec":
         if not 1 <= self.cpus <= MAX_TCG_CPUS:
@@ -44,7 +49,20 @@ class MachineSpec:
             raise HarnessError(f"hpet_timers={self.hpet_timers}: must be 3..32")
         if self.memory_mb < 128:
             raise HarnessError(f"memory={self.memory_mb} MiB is too small (>= 128)")
+        if not self.iommu_hpet and not self.iommu:
+            raise HarnessError("iommu_hpet=off (the HPET left out of the DMAR table) "
+                               "needs iommu=on")
         return self
+
+    def qemu_features(self) -> tuple[str, ...]:
+        """The qemu/patches features (harness.qemu_build.FEATURES) this
+        machine needs of its QEMU."""
+        need = []
+        if not self.iommu_hpet:
+            need.append("hpet-scope")
+        if self.hpet_strict_comparator:
+            need.append("strict-comparator")
+        return tuple(need)
 
     @property
     def slots(self) -> int:
@@ -63,6 +81,12 @@ class MachineSpec:
         if self.sockets > 1:
             parts.append(f"{self.sockets}s")
         parts.append("iommu" if self.iommu else "noiommu")
+        if self.x2apic:
+            parts.append("x2apic")
+        if not self.iommu_hpet:
+            parts.append("hpet-undescribed")
+        if self.hpet_strict_comparator:
+            parts.append("strict-cmp")
         if self.hardlockup_panic:
             parts.append("panic")
         if not self.hpet:
@@ -99,13 +123,15 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
     if spec.iommu and accel == "kvm":
         machine += ",kernel-irqchip=split"   # intremap needs a split irqchip on KVM
     argv = [qemu, "-machine", machine, "-accel", accel,
-            "-cpu", cpu_model(accel),
+            "-cpu", cpu_model(accel) + (",+x2apic" if spec.x2apic else ""),
             "-smp", f"{spec.cpus},maxcpus={spec.slots},sockets={spec.sockets},"
                     f"cores={spec.cores},threads={spec.threads}",
             "-m", str(spec.memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-global", f"hpet.msi={'on' if spec.hpet_msi else 'off'}",
             "-global", f"hpet.timers={spec.hpet_timers}",
+            *(("-global", "hpet.strict-comparator=on") if spec.hpet_strict_comparator
+              else ()),
             "-chardev", (f"socket,id=con0,path={console_sock},abstract=on,server=on,"
                          f"wait=off,logfile={console_log}") if console_sock
             else f"file,id=con0,path={console_log}",
@@ -117,7 +143,9 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", spec.kernel_cmdline()]
     if spec.iommu:
-        argv += ["-device", "intel-iommu,intremap=on"]
+        argv += ["-device", "intel-iommu,intremap=on"
+                 + (",eim=on" if spec.x2apic else "")
+                 + ("" if spec.iommu_hpet else ",hpet-scope=off")]
     if user_qmp_sock:
         argv += ["-chardev", f"socket,id=qmp1,path={user_qmp_sock},abstract=on,"
                  f"server=on,wait=off", "-mon", "chardev=qmp1,mode=control"]

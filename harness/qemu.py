@@ -71,6 +71,22 @@ def check_qemu(qemu: str = "qemu-system-x86_64") -> tuple[int, int]:
     return version
 
 
+X2APIC_TCG_QEMU = (9, 0)   # x2APIC and intel-iommu eim=on under TCG
+
+
+def check_machine_qemu(spec: MachineSpec, accel: str, qemu: str,
+                       version: tuple[int, int]) -> None:
+    """A machine that needs more of QEMU than 7.2 has: refused with one line
+    naming what the binary lacks, before it starts."""
+    if spec.x2apic and accel == "tcg" and version < X2APIC_TCG_QEMU:
+        raise HarnessError(f"x2apic needs QEMU {X2APIC_TCG_QEMU[0]}.{X2APIC_TCG_QEMU[1]} or "
+                           f"newer under TCG (x2APIC, intel-iommu eim=on); {qemu} is "
+                           f"{version[0]}.{version[1]}")
+    if spec.qemu_features():
+        from harness import qemu_build
+        qemu_build.check(qemu, require=spec.qemu_features())
+
+
 def deadline_scale(spec: MachineSpec, accel: str) -> float:
     """TCG runs every vCPU as a host thread on few host cores: give waits
     room in proportion to the vCPU count; KVM needs far less."""
@@ -88,7 +104,8 @@ class Guest:
         for what, path in (("kernel image", kernel), ("initramfs", initrd)):
             if not Path(path).is_file():
                 raise HarnessError(f"{what} {path} does not exist")
-        check_qemu(qemu)
+        version = check_qemu(qemu)
+        check_machine_qemu(self.spec, accel, qemu, version)
         self.kernel, self.initrd, self.accel, self.qemu = kernel, initrd, accel, qemu
         self.interactive, self.gdb_port = interactive, gdb_port
         self.extra_args = tuple(extra_args)
