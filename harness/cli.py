@@ -56,7 +56,17 @@ def cmd_parse(args) -> int:
     if not path.is_file():
         raise HarnessError(f"no such log file: {path}")
     events = console_events.parse_file(path)
-    print(console_events.format_events(events, as_json=args.json))
+    try:
+        print(console_events.format_events(events, as_json=args.json), flush=True)
+    except BrokenPipeError:
+        # The reader left (`harness parse LOG | head`): stop quietly, with
+        # the status of a process killed by SIGPIPE (128 + 13), as cat does.
+        # stdout now points at nothing, so that the flush at exit cannot
+        # raise a second BrokenPipeError.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
     return 0
 
 

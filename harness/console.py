@@ -34,11 +34,21 @@ class ConsoleLog:
         self._offset += len(data)
         self._text += data.decode("utf-8", errors="replace")
         # Parse complete lines only, numbering them from the start of the log.
+        # A line can complete an earlier event (an oops's CPU comes on the
+        # "CPU: N PID:" line after it, an RCU stall's on the next line), and
+        # the two may arrive in different reads: parse again from
+        # LOOKAHEAD_LINES before the new lines, and replace the events found
+        # there.
         end = self._text.rfind("\n") + 1
         if end > self._parsed_upto:
-            first_line = self._text.count("\n", 0, self._parsed_upto)
-            chunk = self._text[self._parsed_upto:end]
-            for ev in console_events.parse_text(chunk):
+            start = self._parsed_upto
+            for _ in range(console_events.LOOKAHEAD_LINES):
+                if start == 0:
+                    break
+                start = self._text.rfind("\n", 0, start - 1) + 1
+            first_line = self._text.count("\n", 0, start)
+            self._events = [e for e in self._events if e.line <= first_line]
+            for ev in console_events.parse_text(self._text[start:end]):
                 self._events.append(dataclasses.replace(ev, line=ev.line + first_line))
             self._parsed_upto = end
 

@@ -1,8 +1,13 @@
 """Find the events we care about in a kernel serial console log.
 
 One job: turn console text into a list of Event records (lockups, panics,
-oopses, DMAR faults, detector state, our own injection markers). Each line is
-matched against one table of regexes, first match wins. The message formats
+oopses, lock-debugging reports, DMAR faults, detector state, our own
+injection markers). Each printk record is matched against one table of
+regexes, first match wins. A record is normally a line; a line that holds
+other text before a printk timestamp, or two records run together, is split
+at the timestamps (_records). Some events take their CPU from a later line:
+an oops from the "CPU: N PID:" header of its backtrace, a self-detected RCU
+stall from the line naming the stalled CPU (parse_lines). The message formats
 come from the kernel sources (6.12 unless noted), so that a renamed printk
 shows up here as a failing test rather than a silently missed lockup.
 """
@@ -50,7 +55,10 @@ _RULES = [
     ("soft_lockup",
      r"(?:(?:NMI )?watchdog: )?BUG: soft lockup - CPU#(?P<cpu>\d+) stuck for (?P<secs>\d+)s!(?P<task>.*)",
      "cpu", "soft lockup on cpu {cpu}, stuck for {secs}s{task}"),
-    # kernel/rcu/tree_stall.h, tree_exp.h; "rcu: " prefix since 5.x.
+    # kernel/rcu/tree_stall.h, tree_exp.h; "rcu: " prefix since 5.x. A
+    # self-detected stall is printed by the stalled CPU, which names itself on
+    # the next line ("rcu: \t1-....: (5249 ticks this GP) ..."): parse_lines
+    # takes the CPU from there, so it is known without a "[ C1]" caller id.
     ("rcu_stall",
      r"(?:rcu: )?INFO: (?P<flavor>\S+) self-detected stall on CPU",
      CALLER, "RCU stall ({flavor}, self-detected)"),
@@ -60,12 +68,73 @@ _RULES = [
     ("rcu_stall",
      r"(?:rcu: )?INFO: (?P<flavor>\S+) detected (?:expedited )?stalls?\b",
      None, "RCU stall ({flavor})"),  # the stalled CPUs follow on later lines
+    # kernel/hung_task.c. Upstream after 6.12, a task waiting for I/O is
+    # "blocked in I/O wait for more than" (commit 73d40c42f6aa, "hung_task:
+    # explicitly report I/O wait state in log output", 2026).
     ("hung_task",
-     r"INFO: task (?P<task>.+?):(?P<pid>\d+) blocked for more than (?P<secs>\d+) seconds",
-     None, "hung task {task}:{pid} (>{secs}s)"),
+     r"INFO: task (?P<task>.+?):(?P<pid>\d+) blocked(?P<io> in I/O wait)? for more than (?P<secs>\d+) seconds",
+     None, "hung task {task}:{pid}{io} (>{secs}s)"),
+    # Not in mainline: linux-next carried Tetsuo Handa's "kernel/hung_task.c:
+    # Monitor killed tasks." (2019) for syzbot, a killed task that does not
+    # exit: pr_err("INFO: task %s:%d can't die for more than %ld seconds.\n").
+    ("hung_task",
+     r"INFO: task (?P<task>.+?):(?P<pid>\d+) can't die for more than (?P<secs>\d+) seconds",
+     None, "task {task}:{pid} can't die (>{secs}s)"),
+    # kernel/workqueue.c: "BUG: workqueue lockup - pool" then pr_cont of the
+    # pool (" cpus=%*pbl node=%d flags=0x%x nice=%d") and " stuck for %us!".
+    # A per-CPU pool names one CPU; an unbound pool a list ("0-3"): no CPU.
+    ("workqueue_lockup",
+     r"BUG: workqueue lockup - pool cpus=(?P<cpus>(?P<cpu>\d+)(?![\d,-])|\S+)",
+     "cpu", "workqueue lockup, pool cpus={cpus}"),
+    # kernel/locking/spinlock_debug.c spin_dump(): "BUG: spinlock %s on
+    # CPU#%d, %s/%d" (6.12). Its "lockup suspected" message (the CPU spinning
+    # on the lock) was removed in 4.11 (commit bc88c10d7e69, "locking/spinlock/
+    # debug: Remove spinlock lockup detection code"); older kernels print it.
+    ("spinlock_lockup",
+     r"BUG: spinlock lockup(?: suspected)? on CPU#(?P<cpu>\d+)",
+     "cpu", "spinlock lockup suspected on cpu {cpu}"),
     ("panic",
      r"Kernel panic - not syncing: (?P<reason>.*)",
      CALLER, "Kernel panic: {reason}"),
+    # Lock and context debugging of a CONFIG_PROVE_LOCKING kernel, each report
+    # a header line followed by details and a backtrace. kind "lockdep":
+    # kernel/locking/lockdep.c (its "BUG: MAX_... too low!" turns lockdep off)
+    # and the DEBUG_SPINLOCK checks PROVE_LOCKING selects (spinlock_debug.c).
+    ("lockdep",
+     r"WARNING: (?P<what>possible circular locking dependency|possible recursive locking"
+     r"|possible irq lock inversion dependency|\S+-safe -> \S+-unsafe lock order"
+     r"|inconsistent lock state|bad unlock balance|bad contention|held lock freed"
+     r"|lock held when returning to user space|Nested lock was not taken"
+     r"|suspicious RCU usage|chain_key collision|\S+ still has locks held)",
+     CALLER, "lockdep: {what}"),
+    ("lockdep",
+     r"\[ BUG: (?P<what>Invalid wait context) \]",
+     CALLER, "lockdep: {what}"),
+    ("lockdep",
+     r"BUG: (?P<what>MAX_\w+ too low|key \S+ has not been registered|looking up invalid subclass)",
+     CALLER, "lockdep: {what}"),
+    ("lockdep",
+     r"BUG: (?P<lock>spinlock|rwlock) (?P<what>.+?) on CPU#(?P<cpu>\d+)",
+     "cpu", "{lock} {what} on cpu {cpu}"),
+    # kind "invalid_context": sleeping or scheduling where the kernel must not
+    # (kernel/sched/core.c; always on, or with DEBUG_ATOMIC_SLEEP) and a
+    # per-CPU access from preemptible code (lib/smp_processor_id.c,
+    # DEBUG_PREEMPT). The printing CPU is the one in the wrong context.
+    ("invalid_context",
+     r"BUG: (?P<what>sleeping function called from invalid context|scheduling while atomic"
+     r"|scheduling in a non-blocking section|assuming atomic context|assuming non migratable context"
+     r"|using \S+\(\) in preemptible)",
+     CALLER, "{what}"),
+    # mm/kasan/report.c: "BUG: KASAN: %s in %pS" (and "invalid-access").
+    ("kasan",
+     r"BUG: KASAN: (?P<what>.*)",
+     CALLER, "KASAN: {what}"),
+    # arch/x86/kernel/traps.c exc_double_fault(), before die("double fault"):
+    # the oops that follows is typed by the Oops rule below. pr_fmt is
+    # KBUILD_MODNAME ": ", i.e. "traps: " (older kernels print no prefix).
+    ("oops",
+     r"(?:traps: )?PANIC: double fault, error_code: (?P<code>\S+)",
+     CALLER, "PANIC: double fault, error_code {code}"),
     # arch/x86/mm/fault.c (and the pre-4.19 wording).
     ("oops",
      r"BUG: (?:kernel NULL pointer dereference, address:|unable to handle kernel NULL pointer dereference at) (?P<addr>\S+)",
@@ -84,9 +153,18 @@ _RULES = [
     ("oops",
      r"Oops: (?:[^\[]*?: )?(?P<code>[0-9a-f]{4}) \[#(?P<n>\d+)\]",
      CALLER, "Oops {code} [#{n}]"),
+    # kernel/panic.c __warn(). A corrupted line can carry a negative PID.
     ("warning",
-     r"WARNING: CPU: (?P<cpu>\d+) PID: \d+ at (?P<where>\S+)",
+     r"WARNING: CPU: (?P<cpu>\d+) PID: -?\d+ at (?P<where>\S+)",
      "cpu", "WARNING at {where}"),
+    # __warn() upstream after 6.12: "WARNING: %s:%d at %pS, CPU#%d: %s/%d", or
+    # "WARNING: at %pS, CPU#%d: %s/%d" without a file; the file may follow a
+    # "[condition] " (Ingo Molnar, "bugs/core: Reorganize fields in the first
+    # line of WARNING output, add ->comm[] output", 2025-03-27,
+    # <20250327102953.813608-15-mingo@kernel.org>).
+    ("warning",
+     r"WARNING: (?:\[[^\]]*\] )?(?:(?P<where>\S+:\d+) at \S+|at (?P<func>\S+)), CPU#(?P<cpu>\d+): ",
+     "cpu", "WARNING at {where}{func}"),
     # arch/x86/kernel/nmi.c; the reason is printed in hex.
     ("unknown_nmi",
      r"Uhhuh\. NMI received for unknown reason (?P<reason>[0-9a-fA-F]+) on CPU (?P<cpu>\d+)",
@@ -167,22 +245,41 @@ _PREFIX = re.compile(r"""
     (?:\[\ *(?P<ctx>[CT])(?P<id>\d+)\])?
     \s*
 """, re.X)
+# A printk timestamp inside a line, where another record starts: text of
+# another writer glued before it ("login: [  417.7][ C1] rcu: ..."), or two
+# records run together when the first lost its newline.
+_EMBEDDED_TIME = re.compile(r"\[\ *\d+\.\d+\]")
 # Terminal escapes and carriage returns that a serial console picks up.
 _JUNK = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
 # dump_stack()'s header, printed just after an oops or panic line: the
 # oops messages themselves do not name the CPU.
 _CPU_HEADER = re.compile(r"CPU: (?P<cpu>\d+) (?:UID: \d+ )?PID: ")
-_CPU_FROM_HEADER = {"oops", "gpf", "bug", "panic"}
+_CPU_FROM_HEADER = {"oops", "gpf", "bug", "panic", "kasan", "lockdep", "invalid_context"}
 _HEADER_WINDOW = 12  # lines; the oops header comes within a few lines
+# kernel/rcu/tree_stall.h print_cpu_stall_info(), right after a self-detected
+# stall: pr_err("\t%d-%c%c%c%c: (%lu %s) idle=...", cpu, ...) with "ticks
+# this GP" or "GPs behind" (and without the four flags before 4.x).
+_RCU_STALL_CPU = re.compile(r"(?:rcu: )?\s*(?P<cpu>\d+)(?:-\S{4})?: \(\d+ (?:ticks this GP|GPs behind)\)")
+_RCU_CPU_WINDOW = 4  # lines; the CPU's line comes next unless another CPU cuts in
+# The longest a later line can change an earlier event (console.py re-parses this much).
+LOOKAHEAD_LINES = max(_HEADER_WINDOW, _RCU_CPU_WINDOW)
 
 
-def _split(line: str) -> tuple[float | None, int | None, str]:
-    """Return (timestamp, CPU from a "[ C<n>]" caller id, message)."""
+def _records(line: str) -> list[tuple[float | None, int | None, str]]:
+    """Split a console line into its printk records: (timestamp, CPU from a
+    "[ C<n>]" caller id, message) each. Usually one; more when the line holds
+    an embedded printk timestamp (see _EMBEDDED_TIME)."""
     clean = _JUNK.sub("", line)
+    records = []
     m = _PREFIX.match(clean)
-    time = float(m["time"]) if m["time"] else None
-    ctx_cpu = int(m["id"]) if m["ctx"] == "C" else None
-    return time, ctx_cpu, clean[m.end():]
+    while True:
+        time = float(m["time"]) if m["time"] else None
+        ctx_cpu = int(m["id"]) if m["ctx"] == "C" else None
+        nxt = _EMBEDDED_TIME.search(clean, m.end())
+        records.append((time, ctx_cpu, clean[m.end():nxt.start() if nxt else len(clean)]))
+        if not nxt:
+            return records
+        m = _PREFIX.match(clean, nxt.start())
 
 
 def _classify(message: str):
@@ -199,25 +296,36 @@ def _classify(message: str):
 def parse_lines(lines: Iterable[str]) -> list[Event]:
     events: list[Event] = []
     waiting: list[int] = []  # indexes of crash events still missing a CPU
+    rcu_self: int | None = None  # index of a self-detected RCU stall awaiting its CPU line
     for number, raw in enumerate(lines, start=1):
         raw = raw.rstrip("\r\n")
-        time, ctx_cpu, message = _split(raw)
-        header = _CPU_HEADER.match(message)
-        if header:
-            for i in waiting:
-                if number - events[i].line <= _HEADER_WINDOW:
-                    events[i] = dataclasses.replace(events[i], cpu=int(header["cpu"]))
-            waiting = []
-            continue
-        found = _classify(message)
-        if not found:
-            continue
-        kind, cpu_from, cpu, title = found
-        if cpu_from == CALLER:
-            cpu = ctx_cpu
-        events.append(Event(kind, time, cpu, title, number, raw))
-        if cpu is None and kind in _CPU_FROM_HEADER:
-            waiting.append(len(events) - 1)
+        for time, ctx_cpu, message in _records(raw):
+            if not message:
+                continue
+            header = _CPU_HEADER.match(message)
+            if header:
+                for i in waiting:
+                    if number - events[i].line <= _HEADER_WINDOW:
+                        events[i] = dataclasses.replace(events[i], cpu=int(header["cpu"]))
+                waiting = []
+                continue
+            if rcu_self is not None:
+                named = _RCU_STALL_CPU.match(message)
+                if named and number - events[rcu_self].line <= _RCU_CPU_WINDOW:
+                    events[rcu_self] = dataclasses.replace(events[rcu_self], cpu=int(named["cpu"]))
+                    rcu_self = None
+                    continue
+            found = _classify(message)
+            if not found:
+                continue
+            kind, cpu_from, cpu, title = found
+            if cpu_from == CALLER:
+                cpu = ctx_cpu
+            events.append(Event(kind, time, cpu, title, number, raw))
+            if cpu is None and kind in _CPU_FROM_HEADER:
+                waiting.append(len(events) - 1)
+            if kind == "rcu_stall":
+                rcu_self = len(events) - 1 if "self-detected" in title else None
     return events
 
 

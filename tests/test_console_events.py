@@ -1,19 +1,25 @@
 """Tests for harness.console_events.
 
 The parser is checked on real console logs in tests/logs/ (see the README
-there for where each one comes from). Kinds that no real log shows yet are
-checked against the kernel's own printk format strings, and those strings are
-verified against the kernel source when it is on the machine.
+there for where each one comes from), and on a few written by hand for forms
+our guests do not print. Kinds that no real log shows yet are checked against
+the kernel's own printk format strings, and those strings are verified
+against the kernel source when it is on the machine (kernel-marked tests).
+The live reader, harness.console.ConsoleLog, must agree with the parser
+however the log arrives, and `python -m harness parse` is run as a command.
 """
 
 import json
 import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from harness.console import ConsoleLog
 from harness.console_events import (
     KINDS,
     Event,
@@ -25,6 +31,7 @@ from harness.console_events import (
 )
 
 LOG_DIR = Path(__file__).parent / "logs"
+REPO = Path(__file__).parent.parent
 ALL_LOGS = sorted(LOG_DIR.glob("*.log"))
 
 # Expected events per log file, in order: (kind, kernel time, cpu, line).
@@ -119,6 +126,35 @@ EXPECTED = {
         ("dmar_fault", None, None, 2),
         ("dmar_fault", None, None, 7),
         ("dmar_fault", None, None, 8),
+    ],
+    # Written by hand from the kernel's printk formats (see README.md here).
+    "written-rcu-self-detected-stall.log": [
+        ("lockup_injected", 26.100011, 2, 1),
+        ("soft_lockup", 31.904211, 2, 2),
+        ("rcu_stall", 47.113020, 2, 4),   # no caller id: the CPU from line 5
+        ("rcu_stall", 52.006005, None, 8),  # detected by another CPU: not line 9's
+        ("lockup_released", 66.100042, 2, 11),
+        ("lockup_injected", 70.200007, 3, 12),
+        ("rcu_stall", 91.300110, 3, 13),  # line 15 names it, after a line from elsewhere
+        ("lockup_released", 100.200031, 3, 17),
+    ],
+    "written-glued-records.log": [
+        ("boot_complete", 1.327466, None, 1),
+        ("boot_complete", 1.679482, None, 2),
+        ("rcu_stall", 417.700312, 1, 3),  # after "login: "
+        ("lockup_injected", 420.113002, 0, 6),  # two records on line 6
+        ("hard_lockup", 425.904718, 0, 6),
+        ("lockup_released", 434.113901, 0, 8),  # after a shell prompt
+    ],
+    "written-debug-kernel-reports.log": [
+        # The lockdep report's "CPU:" header comes 14 lines later, too far to
+        # be taken; [T60] is a task, not a CPU.
+        ("lockdep", 12.401135, None, 3),
+        ("invalid_context", 15.730101, 3, 18),  # cpu from the "CPU: 3" header
+        ("invalid_context", 18.020011, 0, 24),
+        ("kasan", 21.500312, 2, 28),
+        ("workqueue_lockup", 52.880412, 2, 32),  # a per-CPU pool
+        ("workqueue_lockup", 52.881030, None, 33),  # an unbound pool: cpus=0-3
     ],
 }
 
@@ -289,12 +325,62 @@ KERNEL_FORMATS = [
     ("drivers/misc/lkdtm/core.c", "lkdtm: ", "Performing direct entry %s", ("HARDLOCKUP",),
      "lockup_injected", None),
     ("lib/test_lockup.c", "test_lockup: ", "Finish on CPU%d in %lld ns", (1, 8000000000), "lockup_released", 1),
+    # --- hung tasks, other lockup detectors
+    (None, "", "INFO: task %s:%d blocked in I/O wait for more than %ld seconds.",  # after 6.12
+     ("dd", 456, 122), "hung_task", None),
+    (None, "", "INFO: task %s:%d can't die for more than %ld seconds.",  # linux-next only
+     ("syz-executor.5", 925, 143), "hung_task", None),
+    ("kernel/workqueue.c", "",  # one pr_emerg() and its pr_cont()s
+     ("BUG: workqueue lockup - pool", " cpus=%*pbl", " node=%d", " flags=0x%x", " nice=%d", " stuck for %us!"),
+     ("3", 0, 0, 0, 37), "workqueue_lockup", 3),
+    ("kernel/locking/spinlock_debug.c", "", "BUG: spinlock %s on CPU#%d, %s/%d",
+     ("lockup suspected", 3, "swapper/3", 0), "spinlock_lockup", 3),  # the message is pre-4.11's
+    # --- crashes and warnings
+    ("kernel/panic.c", "", "WARNING: CPU: %d PID: %d at %s:%d %pS",  # a corrupted PID
+     (2, -1, "kernel/foo.c", 12, "func+0x1/0x2"), "warning", 2),
+    (None, "", "WARNING: %s:%d at %pS, CPU#%d: %s/%d",  # after 6.12
+     ("kernel/sched/core.c", 8511, "sched_init+0x20/0x410", 2, "swapper/0", 1), "warning", 2),
+    (None, "", "WARNING: %s:%d at %pS, CPU#%d: %s/%d",  # with its condition
+     ("[ptr == 0 && 1] kernel/sched/core.c", 8511, "sched_init+0x20/0x410", 0, "swapper/0", 1),
+     "warning", 0),
+    (None, "", "WARNING: at %pS, CPU#%d: %s/%d", ("foo+0x1/0x2", 3, "sh", 60), "warning", 3),
+    ("mm/kasan/report.c", "", "BUG: KASAN: %s in %pS", ("slab-out-of-bounds", "foo+0x1b/0x40"), "kasan", None),
+    ("mm/kasan/report.c", "", "BUG: KASAN: invalid-access", (), "kasan", None),
+    ("arch/x86/kernel/traps.c", "traps: ", "PANIC: double fault, error_code: 0x%lx", (0,), "oops", None),
+    # --- a PROVE_LOCKING kernel: lockdep, and wrong-context checks
+    ("kernel/locking/lockdep.c", "", "WARNING: possible circular locking dependency detected", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: %s-safe -> %s-unsafe lock order detected",
+     ("HARDIRQ", "HARDIRQ"), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: possible recursive locking detected", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: inconsistent lock state", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: possible irq lock inversion dependency detected",
+     (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: bad unlock balance detected!", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: held lock freed!", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: %s/%d still has locks held!", ("kworker/1:2", 87), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: lock held when returning to user space!", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "WARNING: suspicious RCU usage", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "[ BUG: Invalid wait context ]", (), "lockdep", None),
+    ("kernel/locking/lockdep.c", "", "BUG: MAX_LOCKDEP_CHAINS too low!", (), "lockdep", None),
+    ("kernel/locking/spinlock_debug.c", "", "BUG: spinlock %s on CPU#%d, %s/%d",
+     ("bad magic", 1, "swapper/1", 0), "lockdep", 1),
+    ("kernel/locking/spinlock_debug.c", "", "BUG: rwlock %s on CPU#%d, %s/%d, %p",
+     ("recursion", 0, "sh", 60, "000000004f3c7a21"), "lockdep", 0),
+    ("kernel/sched/core.c", "", "BUG: sleeping function called from invalid context at %s:%d",
+     ("kernel/locking/mutex.c", 585), "invalid_context", None),
+    ("kernel/sched/core.c", "", "BUG: scheduling while atomic: %s/%d/0x%08x", ("sh", 60, 2), "invalid_context", None),
+    ("lib/smp_processor_id.c", "", "BUG: using %s%s() in preemptible [%08x] code: %s/%d",
+     ("smp_processor_id", "", 0, "sh", 60), "invalid_context", None),
+    ("lib/smp_processor_id.c", "", "BUG: using %s%s() in preemptible [%08x] code: %s/%d",
+     ("__this_cpu_", "read", 0, "sh", 60), "invalid_context", None),
 ]
 
 
 def _render(fmt, args):
-    """printf the way the kernel would, for the conversions used above."""
-    fmt = re.sub(r"%p[xsS]", "%s", fmt)
+    """printf the way the kernel would, for the conversions used above; a
+    tuple is one message printed by a printk and its pr_cont()s."""
+    fmt = "".join(fmt) if isinstance(fmt, tuple) else fmt
+    fmt = re.sub(r"%(?:\*pbl|p[xsS]?)", "%s", fmt)
     fmt = re.sub(r"%(0?\d*)(?:ll|l)?([dux])", lambda m: "%" + m[1] + ("d" if m[2] == "u" else m[2]), fmt)
     return fmt % args
 
@@ -318,15 +404,171 @@ def ksrc(built):
     return Path(env) if env else (built[0].build_dir / "source").resolve()
 
 
-@pytest.mark.parametrize("source, fmt", sorted({(f[0], f[2]) for f in KERNEL_FORMATS if f[0]}))
+@pytest.mark.parametrize("source, fmt", sorted({(f[0], f[2]) for f in KERNEL_FORMATS if f[0]}, key=str))
 def test_kernel_format_is_in_source(source, fmt, ksrc):
     # Guards the table above against drifting from what the kernel prints.
-    assert fmt in (ksrc / source).read_text(errors="replace")
+    text = (ksrc / source).read_text(errors="replace")
+    for piece in fmt if isinstance(fmt, tuple) else (fmt,):
+        assert piece in text
 
 
 def test_panic_title_carries_reason():
     (event,) = parse_lines(["[   40.1] Kernel panic - not syncing: Hard LOCKUP"])
     assert event.title == "Kernel panic: Hard LOCKUP"
+
+
+def test_titles_of_hung_task_variants_warnings_and_debug_reports():
+    lines = [
+        "[  1.0] INFO: task dd:456 blocked in I/O wait for more than 122 seconds.",
+        "[  2.0] INFO: task syz-executor.5:925 can't die for more than 143 seconds.",
+        "[  3.0] WARNING: kernel/sched/core.c:8511 at sched_init+0x20/0x410, CPU#0: swapper/0/1",
+        "[  4.0] WARNING: CPU: 1 PID: -1 at kernel/foo.c:12 func+0x1/0x2",
+        "[  5.0] WARNING: at foo+0x1/0x2, CPU#3: sh/60",
+        "[  6.0] BUG: spinlock lockup suspected on CPU#3, swapper/3/0",
+        "[  7.0] BUG: spinlock bad magic on CPU#1, swapper/1/0",
+        "[  8.0] traps: PANIC: double fault, error_code: 0x0",
+        "[  9.0] WARNING: kworker/1:2/87 still has locks held!",
+        "[ 10.0] BUG: using __this_cpu_read() in preemptible [00000000] code: sh/60",
+    ]
+    assert [(e.kind, e.cpu, e.title) for e in parse_lines(lines)] == [
+        ("hung_task", None, "hung task dd:456 in I/O wait (>122s)"),
+        ("hung_task", None, "task syz-executor.5:925 can't die (>143s)"),
+        ("warning", 0, "WARNING at kernel/sched/core.c:8511"),
+        ("warning", 1, "WARNING at kernel/foo.c:12"),
+        ("warning", 3, "WARNING at foo+0x1/0x2"),
+        ("spinlock_lockup", 3, "spinlock lockup suspected on cpu 3"),
+        ("lockdep", 1, "spinlock bad magic on cpu 1"),
+        ("oops", None, "PANIC: double fault, error_code 0x0"),
+        ("lockdep", None, "lockdep: kworker/1:2/87 still has locks held"),
+        ("invalid_context", None, "using __this_cpu_read() in preemptible"),
+    ]
+
+
+def test_lockdep_reports_are_not_generic_warnings():
+    # A debug kernel's lock reports say "WARNING:" but are typed apart, and
+    # what follows the header does not make events of its own.
+    events = parse_file(LOG_DIR / "written-debug-kernel-reports.log")
+    assert not [e for e in events if e.kind == "warning"]
+    assert events[0].title == "lockdep: possible circular locking dependency"
+    assert [e.title for e in events if e.kind == "invalid_context"] == [
+        "sleeping function called from invalid context", "using smp_processor_id() in preemptible"]
+
+
+# --- lines that hold a record after other text, or two records ---------------
+
+def test_text_glued_before_the_timestamp():
+    # The issue's example, as a getty prompt leaves it on a serial console.
+    line = "login: [  417.7][ C1] rcu: INFO: rcu_preempt self-detected stall on CPU"
+    (event,) = parse_lines([line])
+    assert (event.kind, event.time, event.cpu, event.line, event.text) == ("rcu_stall", 417.7, 1, 1, line)
+
+
+def test_two_records_on_one_line_are_both_parsed():
+    line = ("[    7.541880][    C0] Kernel panic - not syncing: Hard LOCKUP"
+            "[    7.549590][    C1] watchdog: BUG: soft lockup - CPU#1 stuck for 5s! [sh:60]")
+    first, second = parse_lines([line])
+    # The first record ends where the second begins: its reason is only its own.
+    assert (first.kind, first.time, first.cpu, first.title) == ("panic", 7.54188, 0, "Kernel panic: Hard LOCKUP")
+    assert (second.kind, second.time, second.cpu) == ("soft_lockup", 7.54959, 1)
+    assert first.line == second.line == 1 and first.text == second.text == line
+
+
+def test_a_line_of_three_records_and_text_between():
+    line = ("[ 1.0] lockup_inject: cpu 1: irqoff lockup for 8000 ms"
+            "junk[ 2.0] watchdog: Watchdog detected hard LOCKUP on cpu 1"
+            "[ 3.0][ T9] lockup_inject: cpu 1: released after 8000 ms")
+    assert [(e.kind, e.time, e.cpu) for e in parse_lines([line])] == [
+        ("lockup_injected", 1.0, 1), ("hard_lockup", 2.0, 1), ("lockup_released", 3.0, 1)]
+
+
+# --- an RCU stall's CPU from the line that names it ---------------------------
+
+SELF_STALL = "[ 47.1] rcu: INFO: rcu_preempt self-detected stall on CPU"
+STALL_CPU = "[ 47.1] rcu: \t2-....: (5251 ticks this GP) idle=c364/1/0x4000000000000000 softirq=1203/1203 fqs=2586"
+
+
+def test_self_detected_rcu_stall_takes_its_cpu_from_the_next_line():
+    (event,) = parse_lines([SELF_STALL, STALL_CPU])
+    assert (event.kind, event.cpu, event.line) == ("rcu_stall", 2, 1)
+    # Older kernels: "GPs behind", and no flags before the colon.
+    (event,) = parse_lines([SELF_STALL, "[ 47.1] \t5: (2 GPs behind) idle=140/0/0 softirq=1/1 fqs=0"])
+    assert event.cpu == 5
+
+
+def test_rcu_stall_cpu_line_is_taken_only_for_a_self_detected_stall_nearby():
+    other = "[ 52.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"
+    (event,) = parse_lines([other, STALL_CPU])
+    assert event.cpu is None  # a stall seen by another CPU: the CPUs listed are many
+    far = [SELF_STALL] + ["[ 47.1] virtio_net virtio0 eth0: TX timeout"] * 4 + [STALL_CPU]
+    (event,) = parse_lines(far)
+    assert event.cpu is None  # too far to belong to it
+    assert parse_lines([STALL_CPU]) == []  # and alone, it is no event
+
+
+# --- the live console reads the log in pieces ---------------------------------
+
+def _pieces_by_line(data, rng):
+    return data.splitlines(keepends=True)
+
+
+def _pieces_by_bytes(data, rng):
+    at, pieces = 0, []
+    while at < len(data):
+        step = rng.choice((1, 7, 60, 200, 1500))
+        pieces.append(data[at:at + step])
+        at += step
+    return pieces
+
+
+@pytest.mark.parametrize("pieces", [_pieces_by_line, _pieces_by_bytes], ids=["lines", "bytes"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_console_log_read_in_pieces_gives_the_same_events(name, pieces, tmp_path):
+    # A later line can complete an earlier event (an oops's or RCU stall's
+    # CPU), and the guest may not have written it yet at one read.
+    data = (LOG_DIR / name).read_bytes()
+    log = tmp_path / "console.log"
+    log.write_bytes(b"")
+    console = ConsoleLog(log)
+    for piece in pieces(data, random.Random(name)):
+        with open(log, "ab") as f:
+            f.write(piece)
+        console.refresh()
+    assert console.events() == parse_file(LOG_DIR / name)
+
+
+def test_console_log_fills_in_a_stall_cpu_written_later(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text(SELF_STALL + "\n")
+    console = ConsoleLog(log)
+    assert [e.cpu for e in console.events("rcu_stall")] == [None]
+    with open(log, "a") as f:
+        f.write(STALL_CPU + "\n")
+    assert [e.cpu for e in console.events("rcu_stall")] == [2]
+
+
+# --- the CLI ------------------------------------------------------------------
+
+def test_parse_cli_ends_quietly_when_the_reader_has_gone():
+    # `python -m harness parse LOG | head`: here the pipe is closed before the
+    # first write, so every write fails as it would after head exits.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "harness", "parse",
+                               str(LOG_DIR / "guest-buddy-8cpu-lockups.log")],
+                              stdout=write_end, stderr=subprocess.PIPE, cwd=REPO, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.stderr.decode() == ""
+    assert proc.returncode == 141  # 128 + SIGPIPE, as cat ends
+
+
+def test_parse_cli_prints_every_event():
+    proc = subprocess.run([sys.executable, "-m", "harness", "parse", "--json",
+                           str(LOG_DIR / "written-glued-records.log")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert json.loads(proc.stdout) == [e.to_dict() for e in parse_file(LOG_DIR / "written-glued-records.log")]
 
 
 # --- our own guest-side messages (formats defined by this project) -----------
