@@ -1,4 +1,6 @@
 """The matrix file format and its expansion into cases."""
+import re
+
 import pytest
 
 from harness import matrix
@@ -80,9 +82,8 @@ def test_reproduce_command_names_every_non_default_axis():
 ])
 def test_bad_groups_name_the_key_or_value(kw, needle):
     kw.setdefault("scenarios", ["boot"])
-    with pytest.raises(HarnessError, match=None) as e:
+    with pytest.raises(HarnessError, match=rf"^g: .*{re.escape(needle)}"):
         matrix.expand_group("g", {"detector": "hpet", **kw})
-    assert needle in str(e.value) and str(e.value).startswith("g: ")
 
 
 @pytest.mark.parametrize("text, needle", [

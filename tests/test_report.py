@@ -16,7 +16,6 @@ from urllib.parse import quote
 import pytest
 
 from harness import report
-from harness.paths import cache_dir
 
 SAMPLE = Path(__file__).parent / "data" / "results-sample.json"
 NOT_OK = ("fail", "error")
@@ -52,22 +51,13 @@ def configs(summary) -> dict[str, list[dict]]:
 
 # --- KTAP, parsed by the kernel's tools/testing/kunit/kunit_parser.py -------
 
-def kunit_dir() -> Path | None:
-    src = cache_dir() / "src"
-    for pattern in ("*/tools/testing/kunit/kunit_parser.py",
-                    "*/*/tools/testing/kunit/kunit_parser.py"):
-        found = sorted(src.glob(pattern))
-        if found:
-            return found[0].parent
-    return None
-
-
 @pytest.fixture(scope="module")
-def kunit_parser():
-    where = kunit_dir()
-    if where is None:
-        pytest.skip(f"no kernel source with tools/testing/kunit/kunit_parser.py "
-                    f"under {cache_dir() / 'src'} (run `make kernel` first)")
+def kunit_parser(built):
+    """kunit_parser.py from the source tree of the kernel the harness builds.
+    Through `built`, conftest marks these tests `kernel`: `make unit` leaves
+    them out, and where they run the source is there (no silent skip)."""
+    where = (built[0].build_dir / "source" / "tools" / "testing" / "kunit").resolve()
+    assert (where / "kunit_parser.py").is_file(), f"no kunit_parser.py in {where}"
     sys.path.insert(0, str(where))      # it imports its sibling kunit_printer
     try:
         yield importlib.import_module("kunit_parser")
