@@ -258,7 +258,7 @@ _CPU_FROM_HEADER = {"oops", "gpf", "bug", "panic", "kasan", "lockdep", "invalid_
 _HEADER_WINDOW = 12  # lines; the oops header comes within a few lines
 # kernel/rcu/tree_stall.h print_cpu_stall_info(), right after a self-detected
 # stall: pr_err("\t%d-%c%c%c%c: (%lu %s) idle=...", cpu, ...) with "ticks
-# this GP" or "GPs behind" (and without the four flags before 4.x).
+# this GP" or "GPs behind"; 3.x kernels print no flags ("\t%d: (%lu %s) idle=").
 _RCU_STALL_CPU = re.compile(r"(?:rcu: )?\s*(?P<cpu>\d+)(?:-\S{4})?: \(\d+ (?:ticks this GP|GPs behind)\)")
 _RCU_CPU_WINDOW = 4  # lines; the CPU's line comes next unless another CPU cuts in
 # The longest a later line can change an earlier event (console.py re-parses this much).
