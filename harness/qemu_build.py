@@ -58,9 +58,11 @@ CONFIGURE_FLAGS = ("--target-list=x86_64-softmmu", "--without-default-features",
                    "--disable-docs", "--disable-install-blobs")
 TARGET = "qemu-system-x86_64"
 NICE = 10                       # others build kernels on the same cores
-# Debian's firmware: SeaBIOS, and the option ROMs of qemu-system-data.
-FIRMWARE_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"))
-FIRMWARE_NEEDED = ("bios-256k.bin", "linuxboot_dma.bin", "kvmvapic.bin")
+# Debian's firmware: SeaBIOS, the option ROMs of qemu-system-data, and
+# ipxe-qemu's NIC ROMs (virtio-net-pci, for `boot --ssh`, wants efi-virtio.rom).
+FIRMWARE_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"),
+                 Path("/usr/lib/ipxe/qemu"))
+FIRMWARE_NEEDED = ("bios-256k.bin", "linuxboot_dma.bin", "kvmvapic.bin", "efi-virtio.rom")
 # Measured: the extracted source is 0.4 GiB, the build 0.6 GiB.
 BUILD_BYTES = 2 << 30
 
@@ -229,14 +231,20 @@ def _fix_source(src: Path) -> None:
 
 
 def _link_firmware(share: Path) -> None:
-    share.mkdir(parents=True)
+    """Links in share/qemu beside bin/ (where QEMU looks, relative to its
+    binary) to Debian's firmware; idempotent, so a cached build gets the
+    links a newer recipe adds without a rebuild."""
+    share.mkdir(parents=True, exist_ok=True)
     for d in FIRMWARE_DIRS:
         if not d.is_dir():
             continue
         for f in sorted(d.iterdir()):
-            if f.name == "trace-events-all" or (share / f.name).exists():
+            link = share / f.name
+            if f.name == "trace-events-all" or link.exists():
                 continue
-            (share / f.name).symlink_to(f)
+            if link.is_symlink():
+                link.unlink()                   # dangling: the package moved it
+            link.symlink_to(f)
     missing = [n for n in FIRMWARE_NEEDED if not (share / n).exists()]
     if missing:
         raise HarnessError(f"firmware {', '.join(missing)} not found in "
@@ -264,6 +272,7 @@ def build_qemu(jobs: int | None = None) -> Qemu:
         q = _read_stamp(final)
         if q is not None and q.binary.is_file():
             _log(f"qemu: cached build {final}")
+            _link_firmware(final / "share" / "qemu")
             # Checked before use: the firmware links may have gone.
             return dataclasses.replace(check(q.binary, require=True), key=q.key,
                                        build_seconds=q.build_seconds)
