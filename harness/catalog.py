@@ -5,6 +5,7 @@ scenario has one (None otherwise).
 """
 import os
 
+from harness import contract_scenarios as cs
 from harness import detector_scenarios as ds
 from harness import scenarios as sc
 from harness.errors import HarnessError
@@ -31,6 +32,15 @@ SCENARIOS = {
     "handling-cpu-hotplug": lambda g, d, cpu: ds.handling_cpu_hotplug(g, d),
     "declines": lambda g, d, cpu: ds.declines(g, d),
     "sysrq-backtrace": lambda g, d, cpu: ds.sysrq_backtrace(g, d),
+    # What must not happen: no report below watchdog_thresh, no NMI taken
+    # from its owner or from the unknown NMI path.
+    "boundary-sweep": lambda g, d, cpu: cs.boundary_sweep(g, d),
+    "unknown-nmi": lambda g, d, cpu: cs.unknown_nmis(g, d),
+    "unknown-nmi-panic": lambda g, d, cpu: cs.unknown_nmi_panic(g, d),
+    # Liveness: the detector comes back after its handling CPU was stuck in
+    # NMI context, and after the whole machine was paused.
+    "nmi-stall": lambda g, d, cpu: cs.nmi_stall(g, d),
+    "vm-pause": lambda g, d, cpu: cs.vm_pause(g, d),
     # Deliberately wrong: locks up `cpu` but expects the report on the next
     # CPU. It must fail; it shows what a failure looks like in the reports.
     "canary-wrong-cpu": lambda g, d, cpu: sc.hard_lockup(

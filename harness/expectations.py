@@ -72,3 +72,33 @@ def hard_lockup_bound_s(detector: str, thresh: int) -> float:
 def soft_lockup_bound_s(thresh: int) -> float:
     """The soft lockup threshold is 2*thresh, sampled every 2*thresh/5."""
     return 2.0 * thresh + 2.0 * thresh / 5 + thresh + 2.0
+
+
+def report_floor(detector: str) -> float:
+    """The shortest interrupts-off section, in watchdog_thresh, that the
+    detector may report as a hard lockup.
+
+    Documentation/admin-guide/lockup-watchdogs.rst: a hard lockup is more
+    than watchdog_thresh without letting interrupts run. A detector reports
+    a CPU that handled no softlockup hrtimer interrupt (period 2/5 thresh)
+    between two checks, so interrupts off for (check interval - 2/5 thresh)
+    can be reported at the worst phase.
+    hpet: reports only after 7/5 thresh without a sign of life: 1.
+    buddy: checks its neighbour every third hrtimer tick (6/5 thresh): 4/5.
+    perf: checks at least 4/5 thresh apart (watchdog_check_timestamp): 2/5.
+    """
+    return {"hpet": 1.0, "buddy": 0.8, "perf": 0.4}[detector]
+
+
+def hpet_nmi_rate(thresh: int) -> float:
+    """Watchdog NMIs per CPU and second of the HPET detector: one expiry,
+    then one broadcast, every watchdog_thresh/5."""
+    return 5.0 / max(thresh, 1)
+
+
+def claim_tolerance(detector: str) -> float:
+    """The fraction of time in which the detector may take an NMI that is
+    not its own on the CPU where its timer NMI arrives: the HPET detector
+    claims its expiry from 1/128 of a period before the prediction, and an
+    NMI there cancels the expiry. Other detectors claim no NMI by time."""
+    return 1 / 128 if detector == "hpet" else 0.0

@@ -302,6 +302,81 @@ def plots_html(cases: list[dict]) -> str:
     return "<h2>Plots</h2>\n" + "\n".join(parts)
 
 
+# --- the reporting boundary (boundary-sweep cases) -------------------------
+
+def boundary(cases: list[dict]) -> dict[str, dict]:
+    """Per detector, over its boundary-sweep cases: sections and reports per
+    length (in watchdog_thresh), the shortest reported and the longest
+    unreported section, and the floor the detector must respect."""
+    out: dict[str, dict] = {}
+    for case in cases:
+        m = case.get("measurements") or {}
+        if case["scenario"] != "boundary-sweep" or not isinstance(m.get("by_length"), dict):
+            continue
+        d = out.setdefault(case["detector"], {"lengths": {}, "shortest": None,
+                                              "longest": None, "floor": m.get("floor_x_thresh"),
+                                              "cases": 0})
+        d["cases"] += 1
+        for length, row in m["by_length"].items():
+            acc = d["lengths"].setdefault(float(length), [0, 0])
+            acc[0] += row.get("sections", 0)
+            acc[1] += row.get("reported", 0)
+        for key, pick, field in (("shortest", min, "shortest_reported_x_thresh"),
+                                 ("longest", max, "longest_unreported_x_thresh")):
+            v = _number(m.get(field))
+            if v is not None:
+                d[key] = v if d[key] is None else pick(d[key], v)
+    return out
+
+
+def boundary_png(data: dict[str, dict]) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for k, (detector, d) in enumerate(sorted(data.items())):
+        xs = sorted(d["lengths"])
+        ax.plot(xs, [d["lengths"][x][1] / max(d["lengths"][x][0], 1) for x in xs],
+                marker="o", color=f"C{k}", label=detector)
+        if _number(d["floor"]) is not None:
+            ax.axvline(d["floor"], color=f"C{k}", linestyle=":", linewidth=1)
+    ax.set_xlabel("interrupts-off section (x watchdog_thresh)")
+    ax.set_ylabel("fraction reported")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Reporting boundary")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def boundary_html(cases: list[dict]) -> str:
+    data = boundary(cases)
+    if not data:
+        return ""
+    lengths = sorted({x for d in data.values() for x in d["lengths"]})
+    head = "".join(f"<th>{x:.2f}</th>" for x in lengths)
+    rows = []
+    for detector, d in sorted(data.items()):
+        cells = "".join(
+            f"<td>{d['lengths'][x][1]}/{d['lengths'][x][0]}</td>" if x in d["lengths"]
+            else '<td class="none">-</td>' for x in lengths)
+        rows.append(f"<tr><th>{esc(detector)}</th><td>{esc(d['floor'])}</td>"
+                    f"<td>{esc(d['shortest'])}</td><td>{esc(d['longest'])}</td>{cells}</tr>")
+    png = base64.b64encode(boundary_png(data)).decode("ascii")
+    return ("<h2>Reporting boundary</h2>\n<p>Interrupts-off sections at random phases "
+            "(<code>boundary-sweep</code>), lengths in watchdog_thresh: sections reported "
+            "/ injected. No section below the floor may be reported.</p>\n"
+            f"<table><tr><th>detector</th><th>floor</th><th>shortest reported</th>"
+            f"<th>longest unreported</th>{head}</tr>\n" + "\n".join(rows) + "</table>\n"
+            f'<figure><img src="data:image/png;base64,{png}" alt="Reporting boundary">'
+            "<figcaption>Fraction of sections reported per length; dotted: each "
+            "detector's floor.</figcaption></figure>")
+
+
 # --- HTML -----------------------------------------------------------------
 
 CSS = """
@@ -457,7 +532,8 @@ def html(summary: dict, link_prefix: str = "") -> str:
     # anchors by position: ids are only assumed unique, not trusted to be
     anchors = {c["id"]: f"case-{i}" for i, c in reversed(list(enumerate(cases)))}
     body = [header_html(meta, cases), matrix_html(cases, anchors),
-            failures_html(cases, anchors, link_prefix), plots_html(cases)]
+            failures_html(cases, anchors, link_prefix), boundary_html(cases),
+            plots_html(cases)]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>Run report {esc(meta.get('started', ''))}</title>"
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")

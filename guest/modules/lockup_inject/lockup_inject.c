@@ -1,10 +1,30 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * lockup_inject - inject hard (irqoff) and soft (preemptoff) lockups on
- * chosen CPUs from debugfs, to test the lockup detectors.
+ * chosen CPUs from debugfs, to test the lockup detectors, and NMIs that
+ * nobody claims, to test that a detector leaves them alone.
  *
  *   echo "irqoff 1 8000" > /sys/kernel/debug/lockup_inject/inject
+ *   echo "irqoff 1 1200 quiet" > /sys/kernel/debug/lockup_inject/inject
+ *   echo "nmi 0,2 1" > /sys/kernel/debug/lockup_inject/inject
  *   cat /sys/kernel/debug/lockup_inject/active
+ *   cat /sys/kernel/debug/lockup_inject/log
+ *
+ * A locked CPU prints a line before it locks up and after. Printing to a
+ * serial console touches the hardlockup watchdog of the printing CPU
+ * (serial8250_console_write() calls touch_nmi_watchdog()), which costs a
+ * detector one check. "quiet" prints nothing on the locked CPU at all: the
+ * lockup is then only in the log, with local_clock() times in ns, the
+ * clock of the printk timestamps:
+ *
+ *   lockup <seq> <cpu> <mode> <ms> <start ns> <end ns>
+ *   nmi <seq> <cpu> <sent ns>
+ *
+ * "nmi CPUS N" sends N NMIs, 1-2 ms apart, to each CPU of the list, from the
+ * writer: NMIs no handler claims, each one an "unknown reason" NMI.
+ * "nmistall CPUS MS" sends each CPU of the list an NMI that this module
+ * claims and spins in for MS ms: a CPU stuck in NMI context, which takes
+ * no other NMI meanwhile. Logged as "lockup <seq> <cpu> nmistall ...".
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -21,15 +41,54 @@
 #include <linux/sched/task.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/delay.h>
+#include <linux/seq_file.h>
+#include <linux/spinlock.h>
+#include <linux/timekeeping.h>
+#include <asm/apic.h>
+#include <asm/nmi.h>
 
 #define LOCKUP_MAX_MS	600000U
 
-enum lockup_mode { MODE_IRQOFF, MODE_PREEMPTOFF };
+#define NMI_MAX_COUNT	100U
+#define LOG_ENTRIES	1024
+
+enum lockup_mode { MODE_IRQOFF, MODE_PREEMPTOFF, MODE_NMI, MODE_NMISTALL };
 
 static const char * const mode_names[] = {
 	[MODE_IRQOFF]		= "irqoff",
 	[MODE_PREEMPTOFF]	= "preemptoff",
+	[MODE_NMI]		= "nmi",
+	[MODE_NMISTALL]		= "nmistall",
 };
+
+/* What was done, when: read from debugfs, kept until unload. */
+struct li_record {
+	u64		seq;
+	u64		start;
+	u64		end;		/* 0 for an NMI */
+	unsigned int	cpu;
+	unsigned int	ms;
+	enum lockup_mode mode;
+};
+
+static DEFINE_RAW_SPINLOCK(li_log_lock);
+static struct li_record li_log[LOG_ENTRIES];
+static u64 li_log_seq;			/* records ever written */
+
+static void li_record(enum lockup_mode mode, unsigned int cpu, unsigned int ms,
+		      u64 start, u64 end)
+{
+	struct li_record *r;
+	unsigned long flags;
+
+	raw_spin_lock_irqsave(&li_log_lock, flags);
+	r = &li_log[li_log_seq % LOG_ENTRIES];
+	*r = (struct li_record){ .seq = li_log_seq, .start = start, .end = end,
+				 .cpu = cpu, .ms = ms, .mode = mode };
+	li_log_seq++;
+	raw_spin_unlock_irqrestore(&li_log_lock, flags);
+}
 
 static struct dentry *li_dir;
 static DEFINE_MUTEX(li_lock);		/* serializes writers */
@@ -40,12 +99,13 @@ static atomic_t li_armed;		/* threads ready to lock up */
 
 /* Set under li_lock before the threads are woken, read-only after. */
 static enum lockup_mode li_mode;
-static unsigned int li_ms;
+static unsigned int li_ms;		/* or the NMI count */
+static bool li_quiet;
 
 static int lockup_fn(void *data)
 {
 	unsigned int cpu = (unsigned long)data;
-	u64 start, dur = (u64)li_ms * NSEC_PER_MSEC;
+	u64 start, end, mono, dur = (u64)li_ms * NSEC_PER_MSEC;
 
 	/*
 	 * Lock up together: a CPU locked up early can keep another target's
@@ -55,25 +115,34 @@ static int lockup_fn(void *data)
 	while (atomic_read(&li_armed) < cpumask_weight(&li_mask))
 		cpu_relax();
 
-	pr_warn("cpu %u: %s lockup for %u ms\n", cpu, mode_names[li_mode], li_ms);
+	if (!li_quiet)
+		pr_warn("cpu %u: %s lockup for %u ms\n", cpu, mode_names[li_mode], li_ms);
 
 	if (li_mode == MODE_IRQOFF)
 		local_irq_disable();
 	else
 		preempt_disable();
 
-	/* local_clock() keeps running with interrupts off, jiffies may not. */
+	/*
+	 * Timed by the clocksource, which keeps running with interrupts off:
+	 * jiffies do not, and neither does local_clock() once sched_clock is
+	 * found unstable. The log gets local_clock() times, those of printk.
+	 */
 	start = local_clock();
-	while (local_clock() - start < dur)
+	mono = ktime_get_mono_fast_ns();
+	while (ktime_get_mono_fast_ns() - mono < dur)
 		cpu_relax();
+	end = local_clock();
 
 	if (li_mode == MODE_IRQOFF)
 		local_irq_enable();
 	else
 		preempt_enable();
 
-	pr_warn("cpu %u: released after %llu ms\n", cpu,
-		div_u64(local_clock() - start, NSEC_PER_MSEC));
+	li_record(li_mode, cpu, li_ms, start, end);
+	if (!li_quiet)
+		pr_warn("cpu %u: released after %llu ms\n", cpu,
+			div_u64(end - start, NSEC_PER_MSEC));
 	atomic_dec(&li_active);
 	return 0;
 }
@@ -129,13 +198,91 @@ static int li_start(void)
 	return 0;
 }
 
+/* A stall asked of this CPU (ms), and when it ran: written in NMI context */
+static DEFINE_PER_CPU(unsigned int, li_stall_ms);
+static DEFINE_PER_CPU(u64, li_stall_start);
+static DEFINE_PER_CPU(u64, li_stall_end);
+
+/* Takes no lock: it is recorded by the writer, which waits for it */
+static int li_nmi_handler(unsigned int type, struct pt_regs *regs)
+{
+	unsigned int ms = this_cpu_read(li_stall_ms);
+	u64 start, end, mono;
+
+	if (!ms || this_cpu_read(li_stall_end))
+		return NMI_DONE;
+
+	start = local_clock();
+	mono = ktime_get_mono_fast_ns();
+	while (ktime_get_mono_fast_ns() - mono < (u64)ms * NSEC_PER_MSEC)
+		cpu_relax();
+	end = local_clock();
+	this_cpu_write(li_stall_start, start);
+	/* Last: the writer waits for it */
+	smp_store_release(this_cpu_ptr(&li_stall_end), end);
+	return NMI_HANDLED;
+}
+
+static int li_nmi_stall(void)
+{
+	unsigned int cpu;
+	unsigned long deadline = jiffies + msecs_to_jiffies(li_ms + 10000);
+	int ret = 0;
+
+	for_each_cpu(cpu, &li_mask) {
+		per_cpu(li_stall_end, cpu) = 0;
+		WRITE_ONCE(per_cpu(li_stall_ms, cpu), li_ms);
+	}
+	preempt_disable();
+	for_each_cpu(cpu, &li_mask)
+		__apic_send_IPI_mask(cpumask_of(cpu), NMI_VECTOR);
+	preempt_enable();
+
+	for_each_cpu(cpu, &li_mask) {
+		/* Pairs with the release in li_nmi_handler(): start is valid */
+		while (!smp_load_acquire(per_cpu_ptr(&li_stall_end, cpu))) {
+			if (time_after(jiffies, deadline)) {
+				pr_err("cpu %u: no NMI stall within %u ms\n", cpu, li_ms + 10000);
+				ret = -ETIMEDOUT;
+				break;
+			}
+			usleep_range(1000, 2000);
+		}
+		WRITE_ONCE(per_cpu(li_stall_ms, cpu), 0);
+		if (!ret)
+			li_record(MODE_NMISTALL, cpu, li_ms, per_cpu(li_stall_start, cpu),
+				  per_cpu(li_stall_end, cpu));
+	}
+	return ret;
+}
+
+/* NMIs nobody claims, from process context: the "unknown reason" path */
+static void li_send_nmis(void)
+{
+	unsigned int i, cpu;
+
+	for (i = 0; i < li_ms; i++) {
+		if (i)
+			usleep_range(1000, 2000);
+		preempt_disable();
+		for_each_cpu(cpu, &li_mask) {
+			li_record(MODE_NMI, cpu, 0, local_clock(), 0);
+			__apic_send_IPI_mask(cpumask_of(cpu), NMI_VECTOR);
+		}
+		preempt_enable();
+	}
+	pr_info("sent %u NMIs to cpus %*pbl\n", li_ms, cpumask_pr_args(&li_mask));
+}
+
 static int li_parse(char *buf)
 {
-	char mode_str[16], list_str[64], ms_str[16];
-	int mode, ret;
+	char mode_str[16], list_str[64], ms_str[16], flag_str[16];
+	unsigned int max;
+	int mode, ret, n;
 
-	if (sscanf(buf, "%15s %63s %15s", mode_str, list_str, ms_str) != 3) {
-		pr_err("expected \"<mode> <cpulist> <ms>\"\n");
+	n = sscanf(buf, "%15s %63s %15s %15s", mode_str, list_str, ms_str, flag_str);
+	if (n < 3 || (n == 4 && strcmp(flag_str, "quiet"))) {
+		pr_err("expected \"<mode> <cpulist> <ms|count> [quiet]\"\n");
 		return -EINVAL;
 	}
 
@@ -145,10 +292,12 @@ static int li_parse(char *buf)
 		return -EINVAL;
 	}
 
-	if (kstrtouint(ms_str, 10, &li_ms) || !li_ms || li_ms > LOCKUP_MAX_MS) {
-		pr_err("ms must be 1..%u\n", LOCKUP_MAX_MS);
+	max = mode == MODE_NMI ? NMI_MAX_COUNT : LOCKUP_MAX_MS;
+	if (kstrtouint(ms_str, 10, &li_ms) || !li_ms || li_ms > max) {
+		pr_err("%s must be 1..%u\n", mode == MODE_NMI ? "count" : "ms", max);
 		return -EINVAL;
 	}
+	li_quiet = n == 4;
 
 	ret = cpulist_parse(list_str, &li_mask);
 	/* -ERANGE: a CPU number beyond nr_cpu_ids, so not online either. */
@@ -188,7 +337,11 @@ static ssize_t inject_write(struct file *file, const char __user *ubuf,
 	li_reap();
 
 	ret = li_parse(buf);
-	if (!ret)
+	if (!ret && li_mode == MODE_NMI)
+		li_send_nmis();
+	else if (!ret && li_mode == MODE_NMISTALL)
+		ret = li_nmi_stall();
+	else if (!ret)
 		ret = li_start();
 out:
 	mutex_unlock(&li_lock);
@@ -201,10 +354,42 @@ static const struct file_operations inject_fops = {
 	.llseek	= noop_llseek,
 };
 
+static int log_show(struct seq_file *m, void *v)
+{
+	u64 seq, first;
+	unsigned long flags;
+	struct li_record r;
+
+	raw_spin_lock_irqsave(&li_log_lock, flags);
+	seq = li_log_seq;
+	raw_spin_unlock_irqrestore(&li_log_lock, flags);
+	first = seq > LOG_ENTRIES ? seq - LOG_ENTRIES : 0;
+
+	for (; first < seq; first++) {
+		raw_spin_lock_irqsave(&li_log_lock, flags);
+		r = li_log[first % LOG_ENTRIES];
+		raw_spin_unlock_irqrestore(&li_log_lock, flags);
+		if (r.seq != first)
+			continue;	/* overwritten meanwhile */
+		if (r.mode == MODE_NMI)
+			seq_printf(m, "nmi %llu %u %llu\n", r.seq, r.cpu, r.start);
+		else
+			seq_printf(m, "lockup %llu %u %s %u %llu %llu\n", r.seq, r.cpu,
+				   mode_names[r.mode], r.ms, r.start, r.end);
+	}
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(log);
+
 static int __init lockup_inject_init(void)
 {
+	int ret = register_nmi_handler(NMI_LOCAL, li_nmi_handler, 0, KBUILD_MODNAME);
+
+	if (ret)
+		return ret;
 	li_dir = debugfs_create_dir("lockup_inject", NULL);
 	debugfs_create_file("inject", 0200, li_dir, NULL, &inject_fops);
+	debugfs_create_file("log", 0444, li_dir, NULL, &log_fops);
 	debugfs_create_atomic_t("active", 0444, li_dir, &li_active);
 	return 0;
 }
@@ -214,6 +399,7 @@ static void __exit lockup_inject_exit(void)
 	/* No more writers after this; then wait for running lockups. */
 	debugfs_remove_recursive(li_dir);
 	li_reap();
+	unregister_nmi_handler(NMI_LOCAL, KBUILD_MODNAME);
 }
 
 module_init(lockup_inject_init);

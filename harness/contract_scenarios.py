@@ -1,0 +1,319 @@
+"""The other side of the detector's contract: what must not happen.
+
+- boundary-sweep: interrupts-off sections shorter than watchdog_thresh, at
+  random phases, on the CPU that handles the HPET NMI and on another: a
+  hard lockup is more than watchdog_thresh without interrupts, so none of
+  them may be reported. Longer ones are measured, not judged.
+- unknown-nmi: NMIs that nobody claims, sent to every CPU at random moments
+  by the injection module and by QMP inject-nmi: each one must reach the
+  kernel's unknown NMI path, one for one. The detector must not take them.
+- unknown-nmi-panic: with kernel.unknown_nmi_panic=1 such an NMI on the CPU
+  that handles the HPET NMI panics the machine.
+
+The injections here are quiet: nothing is printed on a locked CPU, as that
+would touch its watchdog (see guest/modules/lockup_inject). Each scenario
+acts and records; harness.verdicts judges what was recorded.
+"""
+import os
+import random
+import re
+import secrets
+import time
+
+from harness import expectations, inject_log, verdicts
+from harness.errors import HarnessError
+from harness.qemu import Guest
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, _mark, _since,
+                               _wait_event, hard_lockup)
+
+INJECT_DIR = "/sys/kernel/debug/lockup_inject"
+HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
+# In units of watchdog_thresh: below the hard lockup definition, and beyond.
+SWEEP_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 0.95, 1.2, 1.5)
+SWEEP_PER_LENGTH = 10
+# arch/x86/kernel/nmi.c prints "Uhhuh" with pr_emerg_ratelimited(): at most
+# 10 lines per 5 s. NMIs are spaced so that none is suppressed.
+NMI_SPACING_S = 0.6
+SUPPRESSED = re.compile(r"unknown_nmi_error: \d+ callbacks suppressed")
+# kernel/time/clocksource.c. Under TCG the guest's TSC (the host's) and
+# HPET (QEMU's virtual clock) drift apart by hundreds of ppm at times; the
+# clocksource watchdog may then mark the TSC unstable, and the HPET detector
+# disables itself, as it must. That is the emulator, not a verdict.
+TSC_UNSTABLE = re.compile(r"clocksource: .*Marking clocksource 'tsc' as unstable.*|"
+                          r"tsc: Marking TSC unstable.*")
+# NMIs sent to the CPU that handles the HPET NMI: more than to the others,
+# as that is where the detector claims by time.
+HANDLING_CPU_NMIS = 8
+
+
+def _seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def _log_text(guest: Guest) -> str:
+    return guest.check(f"cat {INJECT_DIR}/log")
+
+
+def _records(guest: Guest) -> list:
+    return inject_log.parse(_log_text(guest))
+
+
+def _log_lines_after(text: str, seq: int) -> list[str]:
+    """The module's own log lines of a case, kept in its measurements: with
+    the case's console they are all its verdict needs (tests/test_verdicts)."""
+    keep = {r.seq for r in inject_log.after(inject_log.parse(text), seq)}
+    return [line for line in text.splitlines() if int(line.split()[1]) in keep]
+
+
+def _last_seq(guest: Guest) -> int:
+    records = _records(guest)
+    return records[-1].seq if records else -1
+
+
+def _flush_console(guest: Guest) -> None:
+    """Print a marker from process context and wait for it on the console.
+    Reports stored from NMI context on a CPU that was locked reach the
+    console in order, so they are all there once the marker is."""
+    token = f"harness: flush {secrets.token_hex(4)}"
+    offset = len(guest.console.text)
+    guest.check(f"echo '{token}' > /dev/kmsg")
+    if not guest.console.wait_until(lambda: token in guest.console.text[offset:],
+                                    time.monotonic() + 10 * guest.scale, guest.alive):
+        raise guest.failure(f"console flush marker never showed: {token}")
+
+
+def _check_tsc_stable(guest: Guest, start: int) -> None:
+    """Raise (an error, retried on a fresh guest) if the TSC was marked
+    unstable since console line `start`."""
+    text = "\n".join(guest.console.text.splitlines()[start:])
+    found = TSC_UNSTABLE.search(text)
+    if found:
+        raise guest.failure("the emulator's TSC and HPET drifted apart and the kernel "
+                            f"marked the TSC unstable ({found.group(0).strip()}): "
+                            "the HPET detector disabled itself, as designed; no verdict")
+
+
+def handling_cpu(guest: Guest, detector: str) -> int:
+    """The CPU the HPET NMI goes to; for other detectors, the boot CPU."""
+    if detector != "hpet" or guest.run(f"test -e {HLD_DEBUGFS}/handling_cpu").status:
+        return 0
+    text = guest.check(f"cat {HLD_DEBUGFS}/handling_cpu").strip()
+    if not text.isdigit():
+        raise guest.failure(f"the HPET detector handles no CPU: {text!r}")
+    return int(text)
+
+
+def sweep_targets(guest: Guest, detector: str) -> list[int]:
+    """The handling CPU and the one farthest from it: for the buddy
+    detector, neither watches the other."""
+    n = guest.spec.cpus
+    h = handling_cpu(guest, detector) if n > 1 else 0
+    return sorted({h, (h + n // 2) % n})
+
+
+def sweep_plan(thresh: int, per_length: int, rng: random.Random) -> list[tuple[int, int]]:
+    """(ms, gap after it in µs) for every section, lengths shuffled; gaps
+    random over a whole watchdog_thresh, so that sections fall at random
+    phases of the hrtimer and of the detector's NMIs."""
+    if per_length < 1:
+        raise HarnessError(f"sections per length must be at least 1, not {per_length}")
+    if thresh < 1:
+        raise HarnessError("a boundary sweep needs watchdog_thresh >= 1")
+    lengths = [round(f * thresh * 1000) for f in SWEEP_FRACTIONS for _ in range(per_length)]
+    rng.shuffle(lengths)
+    return [(ms, rng.randrange(100_000, 100_000 + thresh * 1_000_000)) for ms in lengths]
+
+
+def boundary_sweep(guest: Guest, detector: str, per_length: int = SWEEP_PER_LENGTH) -> Result:
+    name, label = "boundary-sweep", guest.spec.label()
+    thresh = guest.spec.watchdog_thresh
+    seed = _seed()
+    plan = sweep_plan(thresh, per_length, random.Random(seed))
+    targets = sweep_targets(guest, detector)
+    cpus = ",".join(map(str, targets))
+    seq0 = _last_seq(guest)
+    start = _mark(guest)
+    steps = " ".join(f"{ms}:{gap}" for ms, gap in plan)
+    script = (f"I={INJECT_DIR}; for x in {steps}; do "
+              f"echo \"irqoff {cpus} ${{x%:*}} quiet\" > $I/inject || exit 1; "
+              "while [ \"$(cat $I/active)\" != 0 ]; do usleep 20000; done; "
+              "usleep ${x#*:}; done")
+    budget = sum(ms / 1000 + gap / 1e6 + 0.5 for ms, gap in plan) + 30
+    t0 = time.monotonic()
+    guest.check(script, timeout=budget)
+    _flush_console(guest)
+    _check_tsc_stable(guest, start)
+    log = _log_text(guest)
+    sections = [r for r in inject_log.after(inject_log.parse(log), seq0)
+                if isinstance(r, inject_log.Lockup)]
+    reports = _since(guest, start, ("hard_lockup",))
+    bad = _since(guest, start, tuple(k for k in LOCKUP_KINDS + BAD_KINDS
+                                     if k != "hard_lockup"))
+    v = verdicts.sweep(sections, reports, bad, detector, thresh)
+    m = {**v.measurements, "targets": targets, "seed": seed, "per_length": per_length,
+         "wall_s": round(time.monotonic() - t0, 1), "inject_log": _log_lines_after(log, seq0)}
+    return Result(name, label, v.passed, v.reason, m)
+
+
+def _nmi_script(order: list[int], rng: random.Random, thresh: int) -> str:
+    gaps = [round((NMI_SPACING_S + rng.random() * thresh / 5) * 1e6) for _ in order]
+    return "; ".join(f"usleep {g}; echo 'nmi {c} 1' > {INJECT_DIR}/inject"
+                     for c, g in zip(order, gaps))
+
+
+def unknown_nmis(guest: Guest, detector: str, per_cpu: int = 3, qmp: int = 3) -> Result:
+    """NMIs from the injection module to every CPU, and QMP inject-nmi
+    (LINT1 of the boot CPU), at random moments: each must be reported as
+    an unknown NMI on the CPU it went to. The HPET detector's one known
+    loss is allowed for, on its handling CPU only: an NMI within its
+    tolerance before an expiry (expectations.claim_tolerance)."""
+    name, label = "unknown-nmi", guest.spec.label()
+    seed = _seed()
+    rng = random.Random(seed)
+    h = handling_cpu(guest, detector)
+    order = [c for c in range(guest.spec.cpus)
+             for _ in range(HANDLING_CPU_NMIS if c == h else per_cpu)]
+    rng.shuffle(order)
+    seq0 = _last_seq(guest)
+    start = _mark(guest)
+    guest.check(_nmi_script(order, rng, guest.spec.watchdog_thresh),
+                timeout=len(order) * (NMI_SPACING_S + guest.spec.watchdog_thresh) + 30)
+    for _ in range(qmp):
+        # Paced, not waiting for anything: the kernel's rate limit and a
+        # random phase against the detector's NMIs.
+        time.sleep(NMI_SPACING_S + rng.random() * guest.spec.watchdog_thresh / 5)
+        guest.qmp.cmd("inject-nmi")
+    _flush_console(guest)
+    _check_tsc_stable(guest, start)
+    log = _log_text(guest)
+    sent: dict[int, int] = {}
+    for r in inject_log.after(inject_log.parse(log), seq0):
+        if isinstance(r, inject_log.NmiSent):
+            sent[r.cpu] = sent.get(r.cpu, 0) + 1
+    if qmp:
+        sent[0] = sent.get(0, 0) + qmp
+    seen = [e for e in _since(guest, start, ("unknown_nmi",)) if "Uhhuh" in e.text]
+    text = "\n".join(guest.console.text.splitlines()[start:])
+    suppressed = SUPPRESSED.findall(text)
+    other = _since(guest, start, tuple(k for k in LOCKUP_KINDS + BAD_KINDS
+                                       if k != "unknown_nmi"))
+    allowed = {h: verdicts.allowed_losses(sent.get(h, 0),
+                                          expectations.claim_tolerance(detector))}
+    v = verdicts.unknown_nmis(sent, seen, other, suppressed, allowed)
+    return Result(name, label, v.passed, v.reason,
+                  {**v.measurements, "seed": seed, "qmp": qmp, "handling_cpu": h,
+                   "inject_log": _log_lines_after(log, seq0)})
+
+
+def unknown_nmi_panic(guest: Guest, detector: str) -> Result:
+    """kernel.unknown_nmi_panic=1, then one NMI to the handling CPU at a
+    random moment: the machine must panic. The guest is retired."""
+    name, label = "unknown-nmi-panic", guest.spec.label()
+    try:
+        cpu = handling_cpu(guest, detector)
+        guest.check("echo 1 > /proc/sys/kernel/unknown_nmi_panic")
+        seq0 = _last_seq(guest)
+        start = _mark(guest)
+        delay = round(random.Random(_seed()).random() * guest.spec.watchdog_thresh * 1e6)
+        guest.send(f"usleep {delay}; echo 'nmi {cpu} 1' > {INJECT_DIR}/inject")
+        panic = _wait_event(guest, start, "panic", None, delay / 1e6 + 10)
+        sent = None
+        if panic is None and guest.alive():
+            sent = next((r for r in inject_log.after(_records(guest), seq0)
+                         if isinstance(r, inject_log.NmiSent)), None)
+        v = verdicts.unknown_nmi_panic(sent, [panic] if panic else [], guest.alive())
+        m = {**v.measurements, "cpu": cpu}
+        return Result(name, label, v.passed, v.reason, m)
+    finally:
+        guest.stop()     # panicked, or must not be trusted with unknown_nmi_panic=1
+
+
+def _expiries(guest: Guest) -> int | None:
+    """The HPET detector's count of expiries, if it runs."""
+    reply = guest.run(f"cat {HLD_DEBUGFS}/nmis")
+    return int(reply.output) if reply.status == 0 and reply.output.strip().isdigit() else None
+
+
+def _counters(guest: Guest) -> dict:
+    """The detector's debugfs counters that this series has, for the record."""
+    out = guest.run(f"cd {HLD_DEBUGFS} 2>/dev/null && grep . nmis early late restarts "
+                    "missed mispredicted 2>/dev/null").output
+    return {k: int(v) for k, _, v in (line.partition(":") for line in out.split())
+            if v.isdigit()}
+
+
+def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[str],
+                   start: int, expiries_before: int | None) -> Result:
+    """After a disturbance: no report of it, the HPET detector's expiries
+    came again, and a real hard lockup is still reported in time."""
+    label = guest.spec.label()
+    thresh = guest.spec.watchdog_thresh
+    # A window in which the detector must come back (its watch restarts a
+    # silent channel within 2 x thresh), watched for false reports.
+    bad = _observe_bad(guest, 3 * thresh)
+    _check_tsc_stable(guest, start)
+    after = _expiries(guest)
+    m.update(_counters(guest))
+    if bad:
+        return Result(name, label, False, "; ".join(steps) + "; then: " + _describe_events(bad), m)
+    if expiries_before is not None:
+        m["expiries_after"] = (after or 0) - expiries_before
+        want = 3 * thresh * expectations.hpet_nmi_rate(thresh) / 2
+        if after is None or after - expiries_before < want:
+            return Result(name, label, False, "; ".join(steps) + f"; then only "
+                          f"{m['expiries_after']} expiries in {3 * thresh} s, want "
+                          f"{want:.0f}: the detector did not come back", m)
+        steps.append(f"{m['expiries_after']} expiries in {3 * thresh} s")
+    target = guest.spec.cpus - 1
+    r = hard_lockup(guest, detector, target)
+    steps.append(f"then {r.reason}")
+    m["lockup_after"] = r.measurements
+    return Result(name, label, r.passed, "; ".join(steps), m)
+
+
+def _observe_bad(guest: Guest, seconds: float) -> list:
+    start = _mark(guest)
+    kinds = LOCKUP_KINDS + BAD_KINDS
+    guest.console.wait_until(lambda: bool(_since(guest, start, kinds)),
+                             time.monotonic() + seconds, guest.alive)
+    return _since(guest, start, kinds)
+
+
+def _describe_events(events: list) -> str:
+    return "; ".join(f"line {e.line}: {e.title}" for e in events[:5])
+
+
+def nmi_stall(guest: Guest, detector: str) -> Result:
+    """The CPU that handles the HPET NMI spends 2.5 x watchdog_thresh in NMI
+    context, where it takes no other NMI: its expiries pile up into one
+    late NMI. Afterwards the detector must run again and report a lockup."""
+    name = "nmi-stall"
+    thresh = guest.spec.watchdog_thresh
+    cpu = handling_cpu(guest, detector)
+    ms = int(2.5 * thresh * 1000)
+    before = _expiries(guest)
+    start = _mark(guest)
+    guest.check(f"echo 'nmistall {cpu} {ms}' > {INJECT_DIR}/inject", timeout=ms / 1000 + 30)
+    m: dict = {"cpu": cpu, "stall_ms": ms}
+    steps = [f"cpu {cpu} stuck in NMI context for {ms / 1000:.1f} s"]
+    # What happened during the stall is not judged: a CPU stuck in NMI
+    # context is only visible to the buddy detector (the HPET and perf
+    # detectors check a CPU from its own NMI). Only after it.
+    m["during"] = [e.title for e in _since(guest, start, LOCKUP_KINDS)]
+    return _still_detects(guest, detector, name, m, steps, start, before)
+
+
+def vm_pause(guest: Guest, detector: str) -> Result:
+    """QMP stop for 3 x watchdog_thresh, then cont: the guest's clocks stand
+    still meanwhile, so nothing may be reported, and the detector must go on."""
+    name = "vm-pause"
+    thresh = guest.spec.watchdog_thresh
+    before = _expiries(guest)
+    start = _mark(guest)
+    guest.qmp.cmd("stop")
+    # The pause is the action itself, not a wait for something.
+    time.sleep(3 * thresh)
+    guest.qmp.cmd("cont")
+    m: dict = {"paused_s": 3 * thresh}
+    steps = [f"paused {3 * thresh} s"]
+    return _still_detects(guest, detector, name, m, steps, start, before)

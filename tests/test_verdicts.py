@@ -1,0 +1,132 @@
+"""The contract verdicts (harness/verdicts.py) on what real guests printed.
+
+Each directory under tests/logs/contract/ is one case captured from a real
+run: console.log (the console from the case's start), inject.log (the
+lockup_inject module's record of what it did) and expect.json (scenario,
+detector, watchdog_thresh, the NMIs QMP sent, and the verdict the case
+got, with a piece of its reason). Parsing and judging them again must give
+the same verdict, so a change to the parser or a verdict rule that would
+have judged a real run differently fails here, without QEMU.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import console_events, expectations, inject_log, verdicts
+from harness.scenarios import BAD_KINDS, LOCKUP_KINDS
+
+CASES = sorted(p for p in (Path(__file__).parent / "logs" / "contract").iterdir()
+               if p.is_dir())
+
+
+def judge(case: Path) -> verdicts.Verdict:
+    """What harness.contract_scenarios does after acting, on the files."""
+    expect = json.loads((case / "expect.json").read_text())
+    events = console_events.parse_file(case / "console.log")
+    records = inject_log.parse((case / "inject.log").read_text())
+    scenario, detector = expect["scenario"], expect["detector"]
+    if scenario == "boundary-sweep":
+        sections = [r for r in records if isinstance(r, inject_log.Lockup)]
+        reports = [e for e in events if e.kind == "hard_lockup"]
+        bad = [e for e in events if e.kind in LOCKUP_KINDS + BAD_KINDS
+               and e.kind != "hard_lockup"]
+        return verdicts.sweep(sections, reports, bad, detector, expect["thresh"])
+    if scenario == "unknown-nmi":
+        sent: dict[int, int] = {}
+        for r in records:
+            if isinstance(r, inject_log.NmiSent):
+                sent[r.cpu] = sent.get(r.cpu, 0) + 1
+        if expect.get("qmp"):
+            sent[0] = sent.get(0, 0) + expect["qmp"]
+        seen = [e for e in events if e.kind == "unknown_nmi" and "Uhhuh" in e.text]
+        other = [e for e in events if e.kind in LOCKUP_KINDS + BAD_KINDS
+                 and e.kind != "unknown_nmi"]
+        h = expect.get("handling_cpu")
+        allowed = {} if h is None else {
+            h: verdicts.allowed_losses(sent.get(h, 0), expectations.claim_tolerance(detector))}
+        return verdicts.unknown_nmis(sent, seen, other, [], allowed)
+    raise AssertionError(f"{case}: no judge for scenario {scenario!r}")
+
+
+def test_there_are_cases_from_both_series_and_both_verdicts():
+    kinds = {(json.loads((c / "expect.json").read_text())["scenario"],
+              json.loads((c / "expect.json").read_text())["passed"]) for c in CASES}
+    for scenario in ("boundary-sweep", "unknown-nmi"):
+        assert (scenario, True) in kinds and (scenario, False) in kinds, kinds
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_captured_verdict_is_reproduced(case):
+    expect = json.loads((case / "expect.json").read_text())
+    v = judge(case)
+    assert v.passed == expect["passed"], v.reason
+    assert expect["reason_contains"] in v.reason, v.reason
+
+
+def _lockup(seq, cpu, start, seconds, thresh=2):
+    return inject_log.Lockup(seq, cpu, "irqoff", round(seconds * 1000), start, start + seconds)
+
+
+def _report(cpu, t, line=1):
+    return console_events.Event("hard_lockup", t, cpu, f"hard LOCKUP on cpu {cpu}", line, "")
+
+
+def test_sweep_rejects_a_report_below_the_floor_and_names_it():
+    sections = [_lockup(0, 1, 10.0, 1.2), _lockup(1, 1, 20.0, 2.6)]
+    v = verdicts.sweep(sections, [_report(1, 10.9)], [], "hpet", 2)
+    assert not v.passed and "0.60 x thresh" in v.reason and "cpu 1" in v.reason
+    # buddy's own floor is 0.8 thresh: 0.6 is below it as well
+    assert not verdicts.sweep(sections, [_report(1, 10.9)], [], "buddy", 2).passed
+
+
+def test_sweep_accepts_reports_at_or_above_the_floor_and_measures_the_boundary():
+    sections = [_lockup(0, 1, 10.0, 1.9), _lockup(1, 3, 10.0, 2.4), _lockup(2, 1, 20.0, 3.0)]
+    v = verdicts.sweep(sections, [_report(3, 12.0)], [], "hpet", 2)
+    assert v.passed, v.reason
+    assert v.measurements["shortest_reported_x_thresh"] == 1.2
+    assert v.measurements["longest_unreported_x_thresh"] == 1.5
+    # the same 1.9 s section reported by buddy (floor 0.8) is fine too
+    assert verdicts.sweep(sections[:1], [_report(1, 11.5)], [], "buddy", 2).passed
+
+
+def test_sweep_rejects_a_report_outside_every_section():
+    sections = [_lockup(0, 1, 10.0, 0.4)]
+    for stray in (_report(1, 15.0), _report(2, 10.2)):   # later; another CPU
+        v = verdicts.sweep(sections, [stray], [], "hpet", 2)
+        assert not v.passed and "outside every injected section" in v.reason
+
+
+def test_sweep_without_sections_fails():
+    assert not verdicts.sweep([], [], [], "hpet", 2).passed
+
+
+def test_unknown_nmis_must_be_counted_one_for_one():
+    def uhhuh(cpu):
+        return console_events.Event("unknown_nmi", 1.0, cpu, "unknown NMI", 1,
+                                    f"Uhhuh. NMI received for unknown reason 00 on CPU {cpu}.")
+    sent = {0: 2, 1: 1}
+    assert verdicts.unknown_nmis(sent, [uhhuh(0), uhhuh(0), uhhuh(1)], [], []).passed
+    v = verdicts.unknown_nmis(sent, [uhhuh(0), uhhuh(1)], [], [])
+    assert not v.passed and "cpu 0: 2 sent, 1 reported" in v.reason
+    assert v.measurements["swallowed"] == {"0": 1}
+    v = verdicts.unknown_nmis(sent, [uhhuh(0), uhhuh(0), uhhuh(1), uhhuh(2)], [], [])
+    assert not v.passed and "cpu 2: none sent, 1 reported" in v.reason
+    v = verdicts.unknown_nmis(sent, [], [], ["unknown_nmi_error: 3 callbacks suppressed"])
+    assert not v.passed and "rate-limited" in v.reason
+
+
+def test_the_handling_cpu_may_lose_what_the_tolerance_allows_and_no_more():
+    def uhhuh(cpu):
+        return console_events.Event("unknown_nmi", 1.0, cpu, "unknown NMI", 1,
+                                    f"Uhhuh. NMI received for unknown reason 00 on CPU {cpu}.")
+    assert verdicts.allowed_losses(8, 1 / 128) == 1
+    assert verdicts.allowed_losses(8, 0.0) == 0 and verdicts.allowed_losses(0, 1 / 128) == 0
+    sent = {1: 8, 2: 3}
+    seen = [uhhuh(1)] * 7 + [uhhuh(2)] * 3
+    v = verdicts.unknown_nmis(sent, seen, [], [], {1: 1})
+    assert v.passed and "but 1, within the detector's tolerance" in v.reason
+    # not on another CPU, and not two
+    assert not verdicts.unknown_nmis(sent, [uhhuh(1)] * 8 + [uhhuh(2)] * 2, [], [], {1: 1}).passed
+    v = verdicts.unknown_nmis(sent, [uhhuh(1)] * 6 + [uhhuh(2)] * 3, [], [], {1: 1})
+    assert not v.passed and "cpu 1: 8 sent, 6 reported (1 may be lost)" in v.reason
