@@ -13,7 +13,7 @@ RUN_ARGS ?=
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.12 build-essential \
 	flex bison bc libelf-dev libssl-dev cpio kmod python3-venv dropbear-bin \
 	libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev ninja-build pkg-config \
-	seabios qemu-system-data ipxe-qemu
+	seabios qemu-system-data ipxe-qemu git
 
 .PHONY: qemu
 .PHONY: help deps kernel initramfs test nightly boot soak bench repeat unit clean-out

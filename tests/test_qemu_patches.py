@@ -176,6 +176,35 @@ def test_past_comparator_stays_quiet(qemu_bin):
         f"the default changed QEMU's rule: {default}"
 
 
+# -- a failed build ------------------------------------------------------------------
+
+@pytest.mark.kernel
+def test_a_failed_build_is_one_line_and_leaves_no_entry(tmp_path, monkeypatch):
+    """A patch that does not apply: one error line naming the command and
+    its log, and no cache entry (only the <key>.tmp work directory)."""
+    cache = tmp_path / "cache"
+    src = cache / "qemu" / "src"
+    src.mkdir(parents=True)
+    real = Path(qb.cache_dir()) / "qemu" / "src" / qb.TARBALL
+    if real.is_file():                       # else fetched, as on a fresh machine
+        os.link(real, src / qb.TARBALL) if real.stat().st_dev == src.stat().st_dev \
+            else shutil.copy(real, src / qb.TARBALL)
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "0001-bad.patch").write_text(
+        "--- a/VERSION\n+++ b/VERSION\n@@ -1 +1 @@\n-9.9.9\n+10.0.3\n")
+    (patches / "series").write_text("0001-bad.patch\n")
+    monkeypatch.setattr(qb, "QEMU_PATCH_DIR", patches)
+    with pytest.raises(HarnessError) as e:
+        qb.build_qemu()
+    msg = str(e.value)
+    assert "\n" not in msg and "git apply" in msg and "build.log" in msg, msg
+    key = qb.build_key()
+    assert not (cache / "qemu" / key).exists()
+    assert not list((cache / "qemu").glob("*/qemu.json"))
+
+
 # -- checks before use: no build needed ----------------------------------------------
 
 def test_patched_binary_probe_refuses_stock_qemu():
@@ -191,7 +220,7 @@ def test_patched_binary_probe_refuses_stock_qemu():
 
 def test_series_names_every_patch_and_the_key_follows_them(tmp_path, monkeypatch):
     patches = qb.series_patches()
-    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004"]
+    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004", "0005", "0006"]
     key = qb.build_key(patches)
     assert re.fullmatch(r"[0-9a-f]{16}", key) and key == qb.build_key()
     copy = tmp_path / patches[0].name
@@ -231,3 +260,15 @@ def test_a_machine_needing_patched_qemu_is_refused_by_stock_qemu(tmp_path):
         Guest(spec, k, i, tmp_path / "g", "tcg", qemu=STOCK_QEMU)
     with pytest.raises(HarnessError, match=r"x2apic needs QEMU 9\.0 or newer under TCG"):
         Guest(MachineSpec(x2apic=True), k, i, tmp_path / "g", "tcg", qemu=STOCK_QEMU)
+
+
+def test_cli_check_of_stock_qemu_says_what_it_lacks_in_one_line():
+    import subprocess
+    import sys
+    if not Path(STOCK_QEMU).is_file():
+        pytest.skip(f"{STOCK_QEMU} not installed")
+    res = subprocess.run([sys.executable, "-m", "harness", "qemu", "--check", STOCK_QEMU],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "too old" in res.stderr, res.stderr
+    assert all(f"no  {f}:" in res.stdout for f in qb.FEATURES), res.stdout
