@@ -8,28 +8,43 @@ DETECTORS ?= hpet,buddy,perf
 OUT ?= out
 PYTEST_ARGS ?=
 MATRIX ?= matrix/nightly.toml
+SMOKE_MATRIX ?= matrix/smoke.toml
 JOBS ?= 0
+# Extra `harness run` arguments. Passed as data (split on spaces, never
+# evaluated by a shell): a workflow input can go in here safely.
 RUN_ARGS ?=
+export RUN_ARGS
+# A previous run's results.json for the time estimate `nightly` prints first
+# (default: $(OUT)/results.json if there is one, else a built-in table).
+ESTIMATE_FROM ?=
 APT_PACKAGES := qemu-system-x86 busybox-static linux-source-6.12 build-essential \
 	flex bison bc libelf-dev libssl-dev cpio kmod python3-venv dropbear-bin \
 	libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev ninja-build pkg-config \
 	seabios qemu-system-data ipxe-qemu git
 
 .PHONY: qemu
-.PHONY: help deps kernel initramfs test nightly boot soak bench repeat unit clean-out
+.PHONY: help deps kernel initramfs test smoke nightly boot soak bench repeat unit clean-out \
+	test-kernel
 
 help:
 	@echo "make deps       install Debian packages (as root) and the Python venv"
 	@echo "make kernel     build (or reuse from cache) a guest kernel per detector [DETECTORS=$(DETECTORS)]"
 	@echo "make initramfs  build the guest initramfs for that kernel"
 	@echo "make qemu       build (or reuse from cache) QEMU 10.0.2 with qemu/patches, checked"
-	@echo "make test       everything: deps, kernel, unit tests and scenario tests on real guests"
+	@echo "make test       the fast tier: deps, kernel, unit and integration tests, then the"
+	@echo "                smoke matrix [$(SMOKE_MATRIX)] (every axis value and scenario once)"
 	@echo "make unit       only the tests that need no guest"
-	@echo "make nightly    the matrix [MATRIX=$(MATRIX)] with reports in $(OUT)/, KTAP on stdout"
+	@echo "make smoke      only the smoke matrix, reports in $(OUT)/"
+	@echo "make nightly    the full matrix [MATRIX=$(MATRIX)] with reports in $(OUT)/, KTAP on"
+	@echo "                stdout; prints the case count and a time estimate first [ESTIMATE_FROM=]"
 	@echo "make boot       one guest, its console here (CPUS= SOCKETS= IOMMU=on HPET_MSI= THRESH="
 	@echo "                CMDLINE= KERNEL=bzImage GDB=port DETECTOR= SSH=1 MAXCPUS=); Ctrl-] quits"
 	@echo "make soak       idle guests for DURATION=1800 s each: any report is a false positive"
-	@echo "make bench      boot time per vCPU count, matrix wall time, cases per minute"
+	@echo "make bench      build times, boot time per vCPU count, cases per minute (bench matrix,"
+	@echo "                smoke tier), latency per detector -> $(OUT)/bench/bench.json;"
+	@echo "                PREVIOUS=bench.json prints both side by side with ratios"
+	@echo "make test-kernel  KERNEL_SRC=tree: build it, run a few HPET hard lockup cases; for"
+	@echo "                git bisect run use ./test-kernel (exit 125 = skip a tree that won't build)"
 	@echo "make repeat     the matrix RUNS=5 times, then which verdicts differ between runs"
 	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), DETECTORS, OUT, PYTEST_ARGS,"
 	@echo "           MATRIX, JOBS (guests at once), RUN_ARGS (e.g. --cpus 1,2 --scenario hard-lockup)"
@@ -39,7 +54,7 @@ deps: $(PY)
 		| grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "+ apt-get install $$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 $(PY): requirements.txt
@@ -61,18 +76,24 @@ initramfs: deps
 unit: deps
 	$(PY) -m pytest -q tests -m "not kernel" $(PYTEST_ARGS)
 
-# Everything: the tests that are not matrix cases, then the matrix itself
+# The fast tier: the tests that are not matrix cases, then the smoke matrix
+# (a sample of the nightly one: every axis value, every scenario family)
 # through the same runner as `make nightly` (its reports in $(OUT)/).
 test: kernel
 	HARNESS_DETECTORS=$(DETECTORS) HARNESS_OUT=$(OUT) $(PY) -m pytest -v tests \
 		--ignore=tests/test_scenarios.py --junitxml=$(OUT)/junit-tests.xml $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory nightly
+	$(MAKE) --no-print-directory smoke
 
-# The default matrix through the runner: KTAP on stdout, HTML/JUnit/JSON
+smoke: kernel
+	@set -f; set -x; $(PY) -m harness run --matrix $(SMOKE_MATRIX) --detector $(DETECTORS) \
+		--out $(OUT) --jobs $(JOBS) $$RUN_ARGS
+
+# The full matrix through the runner: KTAP on stdout, HTML/JUnit/JSON
 # reports and every case's artifacts in $(OUT)/. JOBS=0: half the cores.
 nightly: kernel
-	$(PY) -m harness run --matrix $(MATRIX) --detector $(DETECTORS) --out $(OUT) \
-		--jobs $(JOBS) $(RUN_ARGS)
+	@set -f; set -x; $(PY) -m harness run --matrix $(MATRIX) --detector $(DETECTORS) \
+		--out $(OUT) --jobs $(JOBS) $(if $(ESTIMATE_FROM),--estimate-from $(ESTIMATE_FROM)) \
+		$$RUN_ARGS
 
 # A guest for a person: its console on this terminal, Ctrl-] quits.
 boot: kernel
@@ -92,8 +113,26 @@ soak: kernel
 	HARNESS_SOAK_SECONDS=$(DURATION) $(PY) -m harness run --scenario soak $(SOAK_ARGS) \
 		--retries 0 --out $(OUT)/soak --jobs $(JOBS)
 
+# PREVIOUS=path/to/bench.json: side by side with ratios. SMOKE_RESULTS= takes
+# the smoke tier's numbers from a finished run instead of running it;
+# NIGHTLY_RESULTS= records a finished nightly run's.
+PREVIOUS ?=
+SMOKE_RESULTS ?=
+NIGHTLY_RESULTS ?=
+BENCH_ARGS ?=
 bench: kernel
-	$(PY) -m harness bench --out $(OUT)/bench
+	$(PY) -m harness bench --out $(OUT)/bench $(if $(PREVIOUS),--previous $(PREVIOUS)) \
+		$(if $(SMOKE_RESULTS),--smoke-results $(SMOKE_RESULTS)) \
+		$(if $(NIGHTLY_RESULTS),--nightly-results $(NIGHTLY_RESULTS)) $(BENCH_ARGS)
+
+# A kernel tree of yours (KERNEL_SRC=): build it (no patches applied) and run
+# the smoke tier's HPET boot and hard lockup cases. ./test-kernel does the
+# work; its exit status is 0 pass, 1 fail, 125 the tree does not build,
+# 2 bad input. make turns every failure into 2, so for
+# `git bisect run` call the script itself (125 must reach git as "skip").
+test-kernel: deps
+	@./test-kernel || { rc=$$?; echo "make: ./test-kernel exited $$rc (make exits 2 for" \
+		"any failure; git bisect run $(CURDIR)/test-kernel keeps 125 = skip)" >&2; exit $$rc; }
 
 # Flake hunting: the matrix RUNS times back to back, then every case whose
 # verdict differs between runs (or that needed a retry) is listed.

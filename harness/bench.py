@@ -1,21 +1,38 @@
-"""Benchmarks, not tests: boot-to-agent time per vCPU count, and the wall
-time, cases per minute and detection latency of a small matrix run at one
-or more parallelism levels. Numbers are printed and saved, never asserted.
+"""Benchmarks, not tests: boot-to-agent time per vCPU count, the wall time,
+cases per minute and detection latency of a small matrix and of the test
+tiers, cold build times from the build caches' stamps. Numbers are printed
+and saved (bench.json), never asserted; given the previous bench.json they
+are printed side by side with their ratios, so a regression shows as a
+number.
+
+Also the cost model behind the time estimate `harness run` prints before a
+run starts (`estimate`).
 """
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from harness import accel as accel_mod
-from harness import expectations
+from harness import expectations, kbuild
+from harness.errors import HarnessError
 from harness.machine import MachineSpec
-from harness.paths import REPO
+from harness.paths import REPO, cache_dir
 from harness.qemu import Guest, die_with_parent
 
 BENCH_MATRIX = REPO / "matrix" / "bench.toml"
+SMOKE_MATRIX = REPO / "matrix" / "smoke.toml"
+NIGHTLY_MATRIX = REPO / "matrix" / "nightly.toml"
+
+# Scenario families whose latency_s is a hard / a soft lockup report's.
+HARD_FAMILIES = ("hard-lockup", "hard-lockup-test_lockup", "lkdtm-hardlockup")
+SOFT_FAMILIES = ("soft-lockup", "soft-lockup-test_lockup", "lkdtm-softlockup",
+                 "lkdtm-spinlockup")
 
 
 def _stats(values: list[float]) -> dict:
@@ -49,14 +66,22 @@ def boot_times(detector: str, cpu_counts: list[int], boots: int, out: Path,
     return {"accel": accel, "by_cpus": rows}
 
 
+def _harness_run(matrix: Path, jobs: int, out: Path, detectors: str | None = None) -> float:
+    """`harness run` a matrix file; its wall time. Its results are in out/."""
+    argv = [sys.executable, "-m", "harness", "run", "--matrix", str(matrix),
+            "--jobs", str(jobs), "--retries", "0", "--no-progress", "--out", str(out)]
+    if detectors:
+        argv += ["--detector", detectors]
+    t0 = time.monotonic()
+    subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    if not (out / "results.json").is_file():
+        raise HarnessError(f"bench: the run of {matrix} left no results (see {out / 'pytest.log'})")
+    return time.monotonic() - t0
+
+
 def matrix_run(jobs: int, out: Path) -> dict:
     """Run the bench matrix through `harness run`; summarise its results."""
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "harness", "run", "--matrix", str(BENCH_MATRIX),
-                    "--jobs", str(jobs), "--retries", "0", "--no-progress",
-                    "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
-                   preexec_fn=die_with_parent)
-    wall = time.monotonic() - t0
+    wall = _harness_run(BENCH_MATRIX, jobs, out)
     cases = json.loads((out / "results.json").read_text())["cases"]
     latencies = [c["measurements"]["latency_s"] for c in cases
                  if c["scenario"] == "hard-lockup" and "latency_s" in c["measurements"]]
@@ -70,11 +95,378 @@ def matrix_run(jobs: int, out: Path) -> dict:
     return row
 
 
+def load_results(path: Path) -> dict:
+    """A results.json of `harness run`, or one clear error."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc["cases"], list) or not isinstance(doc["meta"], dict):
+            raise TypeError("cases is not a list or meta not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HarnessError(f"{path}: not a results.json of `harness run` ({e})") from None
+    return doc
+
+
+def latency_by_detector(cases: list[dict]) -> dict:
+    """Hard and soft lockup detection latency (report minus injection,
+    kernel timestamps) per detector, over the passed cases that have one."""
+    out: dict = {}
+    for c in cases:
+        value = c.get("measurements", {}).get("latency_s")
+        if c.get("outcome") != "pass" or isinstance(value, bool) \
+                or not isinstance(value, (int, float)):
+            continue
+        kind = "hard_lockup_s" if c["scenario"] in HARD_FAMILIES else \
+            "soft_lockup_s" if c["scenario"] in SOFT_FAMILIES else None
+        if kind:
+            out.setdefault(c["detector"], {}).setdefault(kind, []).append(value)
+    return {d: {k: _stats(v) for k, v in sorted(kinds.items())}
+            for d, kinds in sorted(out.items())}
+
+
+def tier_summary(results: dict, source: str) -> dict:
+    """Cases per minute and latency per detector of one tier's run."""
+    cases, meta = results["cases"], results["meta"]
+    wall = float(meta.get("wall_s") or 0)
+    row = {"source": source, "matrix": meta.get("matrix"), "jobs": meta.get("jobs"),
+           "accel": meta.get("accel"), "cases": len(cases),
+           "passed": sum(c.get("outcome") in ("pass", "flake") for c in cases),
+           "wall_s": round(wall, 1),
+           "cases_per_min": round(len(cases) / (wall / 60), 2) if wall else None,
+           "latency": latency_by_detector(cases)}
+    print(f"bench: {source}: {row['cases']} cases in {row['wall_s']} s "
+          f"({row['cases_per_min']}/min, jobs {row['jobs']}), {row['passed']} passed",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def _stamp_seconds(path: Path):
+    try:
+        value = json.loads(path.read_text()).get("build_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def build_times(kernel_src: str | None = None) -> dict:
+    """Cold build seconds as the caches' stamps recorded them (kernel.json
+    of each kernel; a QEMU build's stamp if there is one): nothing is built
+    here. None when unknown (not built yet, or an older stamp)."""
+    times: dict = {}
+    for detector in kbuild.DETECTOR_FRAGMENTS:
+        try:
+            key, _, _ = kbuild.kernel_key(detector, kernel_src)
+        except HarnessError:
+            times[f"kernel_{detector}_s"] = None
+            continue
+        times[f"kernel_{detector}_s"] = _stamp_seconds(
+            cache_dir() / "kernels" / key / "kernel.json")
+    # A QEMU build (harness/qemu_build.py) leaves its stamp, with
+    # build_seconds, in cache_dir()/qemu/<key>/qemu.json: the newest one.
+    stamps = [p for p in cache_dir().glob("qemu/*/qemu.json")
+              if _stamp_seconds(p) is not None]
+    newest = max(stamps, key=lambda p: p.stat().st_mtime, default=None)
+    times["qemu_s"] = _stamp_seconds(newest) if newest else None
+    return times
+
+
+def _git_commit() -> str | None:
+    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
 def run(detector: str, cpu_counts: list[int], boots: int, jobs: list[int],
-        out: Path, kernel, initrd) -> dict:
+        out: Path, kernel, initrd, smoke: bool = True,
+        smoke_results: Path | None = None, nightly_results: Path | None = None) -> dict:
+    """Every benchmark; bench.json in `out`. The smoke tier is run here
+    unless its results are given (or smoke is False); the nightly tier's
+    numbers come from a finished run's results.json only."""
     out.mkdir(parents=True, exist_ok=True)
-    result = {"detector": detector,
+    given = {name: load_results(p) for name, p in (("smoke", smoke_results),
+                                                   ("nightly", nightly_results)) if p}
+    result = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "commit": _git_commit(), "host_cpus": os.cpu_count()},
+              "detector": detector,
+              "build": build_times(os.environ.get("KERNEL_SRC")),
               "boot": boot_times(detector, cpu_counts, boots, out / "boots", kernel, initrd),
-              "matrix": [matrix_run(j, out / f"matrix-jobs{j}") for j in jobs]}
-    (out / "bench.json").write_text(json.dumps(result, indent=1))
+              "matrix": [matrix_run(j, out / f"matrix-jobs{j}") for j in jobs],
+              "tiers": {}}
+    if "smoke" not in given and smoke:
+        _harness_run(SMOKE_MATRIX, 1, out / "smoke")
+        given["smoke"] = load_results(out / "smoke" / "results.json")
+        smoke_results = out / "smoke" / "results.json"
+    for name, path in (("smoke", smoke_results), ("nightly", nightly_results)):
+        if name in given:
+            result["tiers"][name] = tier_summary(given[name], str(path))
+    write_json(out / "bench.json", result)
     return result
+
+
+# --- side by side -----------------------------------------------------------
+
+def load_bench(path: Path) -> dict:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{path}: not a bench.json of `harness bench` ({e})") from None
+    if not isinstance(doc, dict) or not ({"boot", "matrix"} & set(doc)):
+        raise HarnessError(f"{path}: not a bench.json of `harness bench` "
+                           f"(no 'boot' or 'matrix')")
+    return doc
+
+
+SKIPPED_KEYS = {"meta", "jobs", "source", "matrix_file"}
+
+
+def flatten(doc: dict) -> dict[str, float]:
+    """The numbers of a bench.json by a dotted name: a statistics object
+    gives its median, matrix rows are named by their jobs level."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            if "median" in value:
+                out[prefix] = value["median"]
+                return
+            for k, v in value.items():
+                if k not in SKIPPED_KEYS:
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            for i, row in enumerate(value):
+                name = f"jobs{row['jobs']}" if isinstance(row, dict) and "jobs" in row else str(i)
+                walk(f"{prefix}.{name}", row)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[prefix] = value
+
+    walk("", doc)
+    return out
+
+
+def _direction(name: str) -> int:
+    """+1 when more is better, -1 when less is better, 0 when neither."""
+    last = name.rsplit(".", 1)[-1]
+    if last in ("cases_per_min", "passed"):
+        return 1
+    if last.endswith("_s") or name.startswith("boot.") or "latency" in name:
+        return -1
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def side_by_side(old: dict, new: dict, old_name: str = "old", new_name: str = "new",
+                 worse_at: float = 0.10) -> str:
+    """Every number of both runs, old and new, and new/old; a change of
+    more than `worse_at` in the bad direction is marked 'worse'."""
+    a, b = flatten(old), flatten(new)
+    names = list(b) + [k for k in a if k not in b]
+    width = max([len(n) for n in names] + [6])
+    lines = [f"{tag}: {name} (commit {doc.get('meta', {}).get('commit') or '?'}, "
+             f"{doc.get('meta', {}).get('date') or 'no date'})"
+             for tag, name, doc in (("old", old_name, old), ("new", new_name, new))]
+    lines.append(f"{'metric':<{width}}  {'old':>9}  {'new':>9}  {'new/old':>7}")
+    for n in names:
+        va, vb = a.get(n), b.get(n)
+        ratio = vb / va if va not in (None, 0) and vb is not None else None
+        mark = ""
+        if ratio is not None and _direction(n):
+            change = (ratio - 1) * _direction(n)
+            mark = "  worse" if change < -worse_at else "  better" if change > worse_at else ""
+        lines.append(f"{n:<{width}}  {_fmt(va):>9}  {_fmt(vb):>9}  "
+                     f"{'-' if ratio is None else f'{ratio:.2f}':>7}{mark}")
+    return "\n".join(lines)
+
+
+# --- the time estimate ------------------------------------------------------
+
+# The default cost table, for a run with no previous results.json at hand.
+# Measured on the 2-core TCG host (QEMU 7.2, watchdog_thresh=2), one guest
+# at a time, with other guests on the host (load 2-5): the smoke tier
+# (`harness run --matrix matrix/smoke.toml`, 2026-11-29 05:36 UTC) and the
+# contract scenarios' first runs (boundary-sweep: 190-210 s). Seconds from
+# QEMU start to a settled guest by vCPU count, and seconds of a case beyond
+# its boot by detector and scenario family. Scenarios that end their guest
+# (LKDTM lockups, panics) make the next case boot.
+DEFAULT_BOOT_S = {1: 2.4, 2: 2.4, 4: 2.6, 8: 3.6, 16: 7.5}
+DEFAULT_RUN_S = {
+    ("hpet", "boot"): 0.0, ("hpet", "enabled"): 10.2, ("hpet", "idle"): 6.1,
+    ("hpet", "hard-lockup"): 8.1, ("hpet", "soft-lockup"): 12.9,
+    ("hpet", "all-but-one-locked"): 8.1, ("hpet", "all-locked"): 8.2,
+    ("hpet", "hard-lockup-test_lockup"): 10.7, ("hpet", "soft-lockup-test_lockup"): 17.0,
+    ("hpet", "lkdtm-hardlockup"): 3.6, ("hpet", "lkdtm-softlockup"): 7.0,
+    ("hpet", "lkdtm-spinlockup"): 6.0, ("hpet", "lkdtm-hung-task"): 8.9,
+    ("hpet", "sysrq-backtrace"): 1.4, ("hpet", "cpumask-excluded"): 22.2,
+    ("hpet", "handling-cpu-hotplug"): 15.0, ("hpet", "runtime-changes"): 56.5,
+    ("hpet", "declines"): 6.0,
+    ("buddy", "boot"): 0.0, ("buddy", "enabled"): 0.0, ("buddy", "idle"): 6.0,
+    ("buddy", "hard-lockup"): 14.1, ("buddy", "soft-lockup"): 12.9,
+    ("buddy", "all-but-one-locked"): 14.1, ("buddy", "all-locked"): 14.1,
+    ("buddy", "hard-lockup-test_lockup"): 12.5, ("buddy", "soft-lockup-test_lockup"): 16.2,
+    ("buddy", "lkdtm-hardlockup"): 6.0, ("buddy", "lkdtm-softlockup"): 5.0,
+    ("buddy", "lkdtm-spinlockup"): 5.8, ("buddy", "lkdtm-hung-task"): 7.1,
+    ("perf", "boot"): 0.0, ("perf", "enabled"): 0.0, ("perf", "idle"): 6.1,
+    ("perf", "hard-lockup"): 9.0, ("perf", "soft-lockup"): 12.9, ("perf", "all-locked"): 9.1,
+    ("hpet", "boundary-sweep"): 200.0, ("buddy", "boundary-sweep"): 195.0,
+    ("hpet", "unknown-nmi"): 14.0, ("buddy", "unknown-nmi"): 13.0,
+    ("hpet", "vm-pause"): 23.0, ("hpet", "nmi-stall"): 19.4,
+    ("hpet", "unknown-nmi-panic"): 1.4,
+}
+DEFAULT_ENDS_GUEST = {"lkdtm-hardlockup", "lkdtm-softlockup", "lkdtm-spinlockup",
+                      "lkdtm-hung-task", "hard-lockup+panic", "unknown-nmi-panic"}
+FALLBACK_RUN_S = 8.0     # a scenario family nobody has measured yet
+
+
+def _ends_key(case: dict) -> str:
+    panic = case["spec"].get("hardlockup_panic")
+    return case["scenario"] + ("+panic" if panic else "")
+
+
+def _guest(attempt: dict) -> str:
+    return Path(attempt.get("guest") or "").name
+
+
+@dataclass
+class CostModel:
+    """Seconds per boot by vCPU count and per case beyond its boot by
+    (detector, family, vCPUs): measured ones first, then the default table."""
+    source: str = "the default table in harness/bench.py"
+    boot: dict = field(default_factory=dict)          # cpus -> [s]
+    run: dict = field(default_factory=dict)           # (detector, family, cpus) -> [s]
+    ends: dict = field(default_factory=dict)          # family(+panic) -> bool
+
+    def boot_s(self, cpus: int) -> float:
+        table = {c: statistics.median(v) for c, v in self.boot.items()} or DEFAULT_BOOT_S
+        if cpus not in table:
+            table = {**DEFAULT_BOOT_S, **table}
+        near = min(table, key=lambda c: (abs(c - cpus), -c))
+        # Boot time grows about linearly with vCPUs under TCG past the table.
+        return table[near] * (cpus / near if cpus > near else 1)
+
+    def run_s(self, detector: str, family: str, cpus: int) -> tuple[float, bool]:
+        """(seconds, measured?)"""
+        same = {c: v for (d, f, c), v in self.run.items() if d == detector and f == family}
+        if same:
+            near = min(same, key=lambda c: (abs(c - cpus), -c))
+            return statistics.median(same[near]), True
+        if (detector, family) in DEFAULT_RUN_S:
+            return DEFAULT_RUN_S[(detector, family)], False
+        other = [s for (d, f, c), v in self.run.items() if f == family for s in v]
+        if other:
+            return statistics.median(other), True
+        return next((s for (d, f), s in DEFAULT_RUN_S.items() if f == family),
+                    FALLBACK_RUN_S), False
+
+    def ends_guest(self, case: dict) -> bool:
+        key = _ends_key(case)
+        return self.ends.get(key, key in DEFAULT_ENDS_GUEST)
+
+
+def learn(results: dict, source: str) -> CostModel:
+    """A cost model from a finished run: a case that was the first on its
+    guest paid for the boot; a 'boot' case first on its guest is little
+    more than the boot, so it measures the boot."""
+    model = CostModel(source=source)
+    seen: set[str] = set()
+    booted = []
+    for c in results["cases"]:
+        n = 0
+        for a in c.get("attempts", []):
+            g = _guest(a)
+            if g and g not in seen:
+                seen.add(g)
+                n += 1
+        booted.append(n)
+        if c["scenario"] == "boot" and c.get("outcome") == "pass" and n == 1:
+            model.boot.setdefault(c["spec"]["cpus"], []).append(c["duration_s"])
+    for c, n in zip(results["cases"], booted):
+        # A boot case that booted its guest measured the boot (above).
+        if c.get("outcome") != "pass" or (c["scenario"] == "boot" and n == 1):
+            continue
+        cpus = c["spec"]["cpus"]
+        model.run.setdefault((c["detector"], c["scenario"], cpus), []).append(
+            max(0.0, c["duration_s"] - n * model.boot_s(cpus)))
+    # Did the next case on the same machine find the guest still up?
+    cases = results["cases"]
+    for prev, nxt in zip(cases, cases[1:]):
+        if prev.get("outcome") != "pass" or prev["detector"] != nxt["detector"] \
+                or prev["spec"] != nxt["spec"] or not prev.get("attempts") \
+                or not nxt.get("attempts"):
+            continue
+        key = _ends_key(prev)
+        ends = _guest(nxt["attempts"][0]) != _guest(prev["attempts"][-1])
+        model.ends[key] = model.ends.get(key, False) or ends
+    return model
+
+
+@dataclass
+class Estimate:
+    seconds: float
+    cases: int
+    boots: int
+    measured: int
+    jobs: int
+    model: CostModel
+
+    def line(self) -> str:
+        default = self.cases - self.measured
+        parts = [f"{self.measured} measured in {self.model.source}"] if self.measured else []
+        if default:
+            parts.append(f"{default} from the default table in harness/bench.py")
+        return (f"estimated {self.seconds / 60:.1f} min for {self.cases} cases "
+                f"({self.boots} boots, {self.jobs} at a time); case costs: "
+                + ", ".join(parts))
+
+
+def estimate(cases: list, model: CostModel, jobs: int = 1) -> Estimate:
+    """Seconds to run `cases` (matrix.Case, in run order): the runner keeps
+    a guest for the next case on the same machine unless the case ended it.
+    With jobs > 1, whole machines are spread over the workers (longest
+    first, to the least loaded), as pytest-xdist's loadgroup does."""
+    per_machine: dict[str, float] = {}
+    total, boots, measured, prev_key, alive = 0.0, 0, 0, None, False
+    for case in cases:
+        d = case.to_dict()
+        cost = 0.0
+        if case.guest_key != prev_key or not alive:
+            cost += model.boot_s(case.spec.cpus)
+            boots += 1
+        run_s, was_measured = model.run_s(case.detector, case.scenario, case.spec.cpus)
+        cost += run_s
+        measured += was_measured
+        per_machine[case.guest_key] = per_machine.get(case.guest_key, 0.0) + cost
+        total += cost
+        prev_key, alive = case.guest_key, not model.ends_guest(d)
+    if jobs > 1:
+        loads = [0.0] * jobs
+        for c in sorted(per_machine.values(), reverse=True):
+            loads[loads.index(min(loads))] += c
+        total = max(loads)
+    return Estimate(total, len(cases), boots, measured, max(1, jobs), model)
+
+
+def cost_model(path: Path | None, required: bool) -> CostModel:
+    """From a previous results.json when there is one; the default table
+    otherwise. A path given explicitly must be a results.json."""
+    if path is None or (not required and not Path(path).is_file()):
+        return CostModel()
+    try:
+        results = load_results(path)
+    except HarnessError:
+        if required:
+            raise
+        return CostModel()
+    meta = results["meta"]
+    source = f"{path} ({len(results['cases'])} cases, {meta.get('started', '?')}, " \
+             f"{meta.get('accel') or '?'}, jobs {meta.get('jobs', '?')})"
+    return learn(results, source)

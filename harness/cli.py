@@ -165,23 +165,45 @@ def default_jobs() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+class BuildFailed(HarnessError):
+    """With --bisect: the kernel (or our modules against it) does not build,
+    which `git bisect run` takes as "skip this commit"."""
+
+    exit_code = 125
+
+
 def cmd_run(args) -> int:
     """Run cases as pytest cases (tests/test_scenarios.py): one code path
     for `make test`, `make nightly` and a single reproduced case."""
     import subprocess
-    from harness import report
+    from harness import bench, report
     from harness.paths import REPO
     from harness.qemu import check_qemu, die_with_parent
     cases = select_cases(args)
-    check_qemu()
     detectors = sorted({c.detector for c in cases})
+    if args.bisect:                      # a tree that is no kernel is bad input
+        for d in detectors:
+            kbuild.kernel_key(kbuild.KERNEL_OF.get(d, d), os.environ.get("KERNEL_SRC"))
+    check_qemu()
     out = Path(args.out).resolve()
+    jobs = args.jobs or default_jobs()
+    # Before anything else: how many cases and how long, from the previous
+    # run's results.json in --out if there is one.
+    model = bench.cost_model(Path(args.estimate_from) if args.estimate_from
+                             else out / "results.json", required=bool(args.estimate_from))
+    print(f"harness: {len(cases)} cases of {args.matrix or 'the command line'}: "
+          f"{bench.estimate(cases, model, jobs).line()}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out)
     for d in detectors:                  # build before the clock starts
-        prepare(d)
+        try:
+            prepare(d)
+        except HarnessError as e:
+            if not args.bisect:
+                raise
+            raise BuildFailed(f"the {d} kernel does not build (exit 125, "
+                              f"git bisect: skip): {e}") from None
     (out / "cases.json").write_text(json.dumps([c.to_dict() for c in cases], indent=1))
-    jobs = args.jobs or default_jobs()
     argv = [sys.executable, "-m", "pytest", "tests/test_scenarios.py", "-v",
             "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}"]
     if jobs > 1:
@@ -232,10 +254,20 @@ def cmd_bench(args) -> int:
     cpu_counts, jobs = _int_list("--cpus", args.cpus), _int_list("--jobs", args.jobs)
     for c in cpu_counts:
         MachineSpec(cpus=c).validate()
+    # Bad input before any work: the files to read must be what they claim.
+    previous = bench.load_bench(Path(args.previous)) if args.previous else None
+    for path in (args.smoke_results, args.nightly_results):
+        if path:
+            bench.load_results(Path(path))
     kernel, initrd = prepare(args.detector)
     result = bench.run(args.detector, cpu_counts, args.boots, jobs, Path(args.out),
-                       kernel, initrd)
+                       kernel, initrd, smoke=args.smoke,
+                       smoke_results=args.smoke_results and Path(args.smoke_results),
+                       nightly_results=args.nightly_results and Path(args.nightly_results))
     print(json.dumps(result, indent=1))
+    if previous is not None:
+        print(bench.side_by_side(previous, result, args.previous,
+                                 str(Path(args.out) / "bench.json")))
     return 0
 
 
@@ -441,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="out", help="output directory")
     s.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar on stderr")
+    s.add_argument("--estimate-from", metavar="RESULTS_JSON",
+                   help="a previous run's results.json for the time estimate printed "
+                   "before the run (default: --out's results.json, if any, else a "
+                   "default table)")
+    s.add_argument("--bisect", action="store_true",
+                   help="for git bisect run: exit 125 (skip) when the kernel does not "
+                   "build; 0 pass, 1 fail, 2 bad input")
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("boot", help="boot one guest and hand over its console (Ctrl-] quits)")
     s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
@@ -494,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus", default="1,2,4,8,16", help="vCPU counts to boot")
     s.add_argument("--boots", type=int, default=3, help="boots per vCPU count")
     s.add_argument("--jobs", default="1", help="parallelism levels for the matrix, e.g. 1,2")
+    s.add_argument("--previous", metavar="BENCH_JSON",
+                   help="a previous bench.json: print both side by side with ratios")
+    s.add_argument("--smoke-results", metavar="RESULTS_JSON",
+                   help="the smoke tier's numbers from this run instead of running it")
+    s.add_argument("--nightly-results", metavar="RESULTS_JSON",
+                   help="the nightly tier's numbers from this finished run")
+    s.add_argument("--no-smoke", dest="smoke", action="store_false",
+                   help="do not run the smoke tier")
     s.add_argument("--out", default="out/bench")
     s.set_defaults(func=cmd_bench)
     return p
