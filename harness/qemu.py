@@ -129,7 +129,8 @@ class Guest:
                          self.console_sock, self.user_qmp_sock, self.gdb_port,
                          self.extra_args)
         (self.workdir / "qemu-cmdline.txt").write_text(shlex.join(argv) + "\n")
-        (self.workdir / "kernel-cmdline.txt").write_text(self.spec.kernel_cmdline() + "\n")
+        (self.workdir / "kernel-cmdline.txt").write_text(self.spec.kernel_cmdline(self.accel)
+                                                          + "\n")
         self.console.path.write_bytes(b"")
         self._stderr = open(self.workdir / "qemu-stderr.txt", "wb")
         self.t_start = time.monotonic()

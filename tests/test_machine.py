@@ -13,7 +13,9 @@ def argv(spec: MachineSpec, accel: str = "tcg") -> list[str]:
     return qemu_argv(spec, accel, Path("/k"), Path("/i"), Path("/c.log"), "ag", "qm")
 
 
-# The command line before x2apic/iommu_hpet/hpet_strict_comparator existed.
+# The command line before x2apic/iommu_hpet/hpet_strict_comparator existed,
+# but for tsc=reliable, which TCG guests have had since (see
+# MachineSpec.kernel_cmdline).
 TODAY = ["qemu-system-x86_64", "-machine", "q35,hpet=on", "-accel", "tcg", "-cpu", "max",
          "-smp", "2,maxcpus=2,sockets=1,cores=2,threads=1", "-m", "512",
          "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -24,7 +26,7 @@ TODAY = ["qemu-system-x86_64", "-machine", "q35,hpet=on", "-accel", "tcg", "-cpu
          "-chardev", "socket,id=qmp0,path=qm,abstract=on,server=on,wait=off",
          "-mon", "chardev=qmp0,mode=control", "-kernel", "/k", "-initrd", "/i",
          "-append", "console=ttyS0,115200 loglevel=7 panic=-1 watchdog_thresh=2 "
-                    "sysctl.kernel.hardlockup_panic=0"]
+                    "sysctl.kernel.hardlockup_panic=0 tsc=reliable"]
 
 
 def test_defaults_give_todays_command_line():
@@ -49,3 +51,13 @@ def test_x2apic_undescribed_hpet_and_strict_comparator():
 def test_undescribed_hpet_needs_an_iommu():
     with pytest.raises(HarnessError, match="iommu_hpet=off .* needs iommu=on"):
         MachineSpec(iommu_hpet=False).validate()
+
+
+def test_tcg_guests_trust_their_tsc_unless_the_machine_says_otherwise():
+    from harness.machine import MachineSpec
+    spec = MachineSpec(cpus=2)
+    assert "tsc=reliable" in spec.kernel_cmdline("tcg").split()
+    assert "tsc=reliable" not in spec.kernel_cmdline("kvm").split()
+    unstable = spec.with_(cmdline_extra=("tsc=unstable",))
+    assert "tsc=reliable" not in unstable.kernel_cmdline("tcg").split()
+    assert "tsc=unstable" in unstable.kernel_cmdline("tcg").split()
