@@ -19,7 +19,7 @@ from harness.paths import GUEST_DIR
 BUSYBOX = Path("/bin/busybox")
 # Guest path -> file under guest/. hld-*: commands for people at the console.
 GUEST_FILES = {"init": "init", "bin/agent": "agent.sh",
-               **{f"bin/{n}": f"bin/{n}" for n in ("hld-lock", "hld-state", "hld-nmis")}}
+               **{f"bin/{n}": f"bin/{n}" for n in ("hld-lock", "hld-state", "hld-nmis", "hld-nmi")}}
 DIRS = ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "lib", "var",
         "lib/modules", "usr", "usr/bin", "usr/sbin", "etc")
 

@@ -1,5 +1,5 @@
 """A guest for a person: boot it with the matrix's machine options and hand
-over its serial console (a shell, with hld-lock, hld-state and hld-nmis).
+over its serial console (a shell, with hld-lock, hld-nmi, hld-state and hld-nmis).
 Ctrl-] leaves, and the guest is shut down. While it runs, `python -m
 harness qmp --guest DIR ...` talks to its second QMP monitor.
 """
@@ -22,7 +22,10 @@ ESCAPE = b"\x1d"    # Ctrl-]
 
 def banner(guest: Guest, vmlinux: Path | None) -> str:
     lines = [f"harness: {guest.spec.label()} is up ({guest.accel}); its console follows.",
-             "  hld-lock CPUS [MS] [irqoff|preemptoff]   lock up CPUs (default 8000 ms, irqoff)",
+             "  hld-lock CPUS [MS] [irqoff|preemptoff] [quiet]",
+             "                                          lock up CPUs (default 8000 ms, irqoff)",
+             "  hld-nmi CPUS [N] | hld-nmi CPUS stall MS",
+             "                                          unknown NMIs, or CPUs stuck in NMI",
              "  hld-state                               detector sysctls and HPET state",
              "  hld-nmis                                NMI counts per CPU",
              f"  from another terminal: python -m harness qmp --guest {guest.workdir} "

@@ -38,6 +38,13 @@ def test_boot_lock_qmp_and_quit(session, built):
     child.expect("lockup_inject: cpu 2: released", timeout=120)
     child.sendline("hld-state")
     child.expect(r"hpet_hld/monitored_cpus\s+0-3")
+    # An NMI nobody claims is reported as unknown on its CPU; a count out
+    # of range is refused with one line, and the shell sees a failure.
+    child.sendline("hld-nmi 3")
+    child.expect("Uhhuh. NMI received for unknown reason [0-9a-f]+ on CPU 3", timeout=60)
+    child.sendline("hld-nmi 3 101; echo status=$?")
+    child.expect("hld-nmi: refused 'nmi 3 101'", timeout=60)
+    child.expect("status=1")
     res = subprocess.run([sys.executable, "-m", "harness", "qmp", "--guest", workdir,
                           "cpus"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -51,6 +58,7 @@ def test_boot_lock_qmp_and_quit(session, built):
     assert _wait(lambda: not _qemus_for(str(out)), 20), "QEMU left running"
     log = next(out.glob("boot-*/console.log"))
     assert re.search(r"Watchdog detected hard LOCKUP on cpu 2", log.read_text())
+    assert "lockup_inject: count must be 1..100" in log.read_text()
     # The locked CPU's backtrace names lockup_fn in our module, which is
     # built with -g: symbolize must put it inside lockup_fn's source lines.
     res = harness("symbolize", str(log))
