@@ -12,8 +12,10 @@ from harness.errors import HarnessError
 from harness.qemu import Guest
 
 INJECT = "/sys/kernel/debug/lockup_inject/inject"
-BAD_KINDS = ("oops", "bug", "gpf", "warning", "unknown_nmi", "dmar_fault", "panic")
-LOCKUP_KINDS = ("hard_lockup", "soft_lockup", "rcu_stall", "hung_task")
+BAD_KINDS = ("oops", "bug", "gpf", "warning", "unknown_nmi", "dmar_fault", "panic",
+             "lockdep", "invalid_context", "kasan")
+LOCKUP_KINDS = ("hard_lockup", "soft_lockup", "rcu_stall", "hung_task",
+                "workqueue_lockup", "spinlock_lockup")
 IRQ_REMAP_ON = "DMAR-IR: Enabled IRQ remapping"
 
 
