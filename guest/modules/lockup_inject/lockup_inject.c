@@ -110,10 +110,13 @@ static int lockup_fn(void *data)
 	/*
 	 * Lock up together: a CPU locked up early can keep another target's
 	 * thread from ever starting (its CPU waits for an IPI to the first).
+	 * Waiting is not part of the lockup: let the CPU schedule meanwhile,
+	 * or a late partner adds its delay to this CPU's time without
+	 * scheduling, and a soft lockup shows up that was never injected.
 	 */
 	atomic_inc(&li_armed);
 	while (atomic_read(&li_armed) < cpumask_weight(&li_mask))
-		cpu_relax();
+		cond_resched();
 
 	if (!li_quiet)
 		pr_warn("cpu %u: %s lockup for %u ms\n", cpu, mode_names[li_mode], li_ms);
