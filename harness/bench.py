@@ -171,9 +171,14 @@ def build_times(kernel_src: str | None = None) -> dict:
 
 
 def _git_commit() -> str | None:
+    """HEAD, with '+dirty' when the working tree differs from it."""
     r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                        capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
+    if r.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                            "--untracked-files=no"], capture_output=True, text=True).stdout
+    return r.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -224,7 +229,7 @@ def load_bench(path: Path) -> dict:
     return doc
 
 
-SKIPPED_KEYS = {"meta", "jobs", "source", "matrix_file"}
+SKIPPED_KEYS = {"meta", "source"}
 
 
 def flatten(doc: dict) -> dict[str, float]:
@@ -242,7 +247,11 @@ def flatten(doc: dict) -> dict[str, float]:
                     walk(f"{prefix}.{k}" if prefix else str(k), v)
         elif isinstance(value, list):
             for i, row in enumerate(value):
-                name = f"jobs{row['jobs']}" if isinstance(row, dict) and "jobs" in row else str(i)
+                if isinstance(row, dict) and "jobs" in row:   # named by it
+                    name, row = f"jobs{row['jobs']}", {k: v for k, v in row.items()
+                                                       if k != "jobs"}
+                else:
+                    name = str(i)
                 walk(f"{prefix}.{name}", row)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[prefix] = value
@@ -282,7 +291,9 @@ def side_by_side(old: dict, new: dict, old_name: str = "old", new_name: str = "n
         mark = ""
         if ratio is not None and _direction(n):
             change = (ratio - 1) * _direction(n)
-            mark = "  worse" if change < -worse_at else "  better" if change > worse_at else ""
+            # Fewer cases passing is worse by any amount.
+            limit = 0 if n.endswith(".passed") else worse_at
+            mark = "  worse" if change < -limit else "  better" if change > worse_at else ""
         lines.append(f"{n:<{width}}  {_fmt(va):>9}  {_fmt(vb):>9}  "
                      f"{'-' if ratio is None else f'{ratio:.2f}':>7}{mark}")
     return "\n".join(lines)

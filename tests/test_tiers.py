@@ -28,8 +28,17 @@ def coverage(cases: list[matrix.Case]) -> set[tuple]:
     return have
 
 
+# What the smoke tier leaves to the nightly one on purpose, and why. Only
+# (detector, family) pairs: every family and axis value stays in smoke.
+SMOKE_LEAVES_OUT = {
+    # The buddy detector's boundary sweep is a control (its own floor),
+    # 190-210 s a sweep here; the HPET detector's sweep is in smoke.
+    ("detector+family", "buddy", "boundary-sweep"),
+}
+
+
 def missing(smoke, nightly) -> list[tuple]:
-    return sorted(coverage(nightly) - coverage(smoke), key=repr)
+    return sorted(coverage(nightly) - coverage(smoke) - SMOKE_LEAVES_OUT, key=repr)
 
 
 def test_smoke_covers_every_axis_value_and_scenario_family_of_nightly():
@@ -46,6 +55,13 @@ def test_the_coverage_check_sees_a_dropped_scenario_or_axis_value():
     assert ("axis", "hpet", False) in missing(no_nohpet, NIGHTLY)
     no_16 = [c for c in SMOKE if c.spec.cpus != 16]
     assert ("axis", "cpus", 16) in missing(no_16, NIGHTLY)
+
+
+def test_what_smoke_leaves_out_is_only_pairs_whose_family_it_has():
+    have = coverage(SMOKE)
+    for _, detector, family in SMOKE_LEAVES_OUT:
+        assert ("family", family) in have
+        assert ("detector+family", detector, family) in coverage(NIGHTLY)
 
 
 def test_every_smoke_case_is_a_nightly_case():
