@@ -113,15 +113,16 @@ def sweep_targets(guest: Guest, detector: str) -> list[int]:
 
 def sweep_plan(thresh: int, per_length: int, rng: random.Random) -> list[tuple[int, int]]:
     """(ms, gap after it in µs) for every section, lengths shuffled; gaps
-    random over a whole watchdog_thresh, so that sections fall at random
-    phases of the hrtimer and of the detector's NMIs."""
+    random over half a watchdog_thresh, longer than the hrtimer period (2/5)
+    and the HPET detector's (1/5), so that sections fall at random phases
+    of both."""
     if per_length < 1:
         raise HarnessError(f"sections per length must be at least 1, not {per_length}")
     if thresh < 1:
         raise HarnessError("a boundary sweep needs watchdog_thresh >= 1")
     lengths = [round(f * thresh * 1000) for f in SWEEP_FRACTIONS for _ in range(per_length)]
     rng.shuffle(lengths)
-    return [(ms, rng.randrange(100_000, 100_000 + thresh * 1_000_000)) for ms in lengths]
+    return [(ms, rng.randrange(100_000, 100_000 + thresh * 500_000)) for ms in lengths]
 
 
 def boundary_sweep(guest: Guest, detector: str, per_length: int = SWEEP_PER_LENGTH) -> Result:
