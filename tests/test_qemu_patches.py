@@ -272,3 +272,26 @@ def test_cli_check_of_stock_qemu_says_what_it_lacks_in_one_line():
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "too old" in res.stderr, res.stderr
     assert all(f"no  {f}:" in res.stdout for f in qb.FEATURES), res.stdout
+
+
+# -- the detector against the hardware comparator rule (series patch 9) ---------
+
+@pytest.mark.kernel
+def test_detector_comes_back_when_a_past_comparator_stays_quiet(built, qemu_bin,
+                                                                qemu_features, tmp_path):
+    """The handling CPU spends 2.5 x watchdog_thresh in NMI context. Its
+    next comparator value is then behind the counter: QEMU 7.2 fires it at
+    once, so the detector recovers whatever it does; with the hardware's
+    rule (hpet.strict-comparator=on) it never fires, and only the series'
+    catch-up and process-context watch (patch 9) bring the expiries back.
+    Without that patch this case fails: 'the detector did not come back'."""
+    from harness import contract_scenarios
+    if "strict-comparator" not in qemu_features:
+        pytest.fail(f"{qemu_bin} has no hpet.strict-comparator")
+    spec = MachineSpec(hpet_msi=True, hpet_timers=8, nmi_watchdog="hpet", cpus=4,
+                       hpet_strict_comparator=True)
+    with _guest(spec, built, qemu_bin, tmp_path, "strict-comparator-stall") as g:
+        g.wait_booted(60)
+        assert _wait_console(g, ENABLED, 20), g.console.tail()
+        r = contract_scenarios.nmi_stall(g, "hpet")
+        assert r.passed, r.reason
