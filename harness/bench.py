@@ -303,13 +303,13 @@ def side_by_side(old: dict, new: dict, old_name: str = "old", new_name: str = "n
 
 # The default cost table, for a run with no previous results.json at hand.
 # Measured on the 2-core TCG host (QEMU 7.2, watchdog_thresh=2), one guest
-# at a time, with other guests on the host (load 2-5): the smoke tier
-# (`harness run --matrix matrix/smoke.toml`, 2026-11-29 05:36 UTC) and the
-# contract scenarios' first runs (boundary-sweep: 190-210 s). Seconds from
+# at a time, with other guests on the host (load 2-5): two runs of the
+# smoke tier (`harness run --matrix matrix/smoke.toml`, 2026-11-29 05:36 and
+# 06:04 UTC; the buddy boundary sweep from the contract's own runs). Seconds from
 # QEMU start to a settled guest by vCPU count, and seconds of a case beyond
 # its boot by detector and scenario family. Scenarios that end their guest
 # (LKDTM lockups, panics) make the next case boot.
-DEFAULT_BOOT_S = {1: 2.4, 2: 2.4, 4: 2.6, 8: 3.6, 16: 7.5}
+DEFAULT_BOOT_S = {1: 2.4, 2: 2.2, 4: 2.7, 8: 3.6, 16: 9.1}
 DEFAULT_RUN_S = {
     ("hpet", "boot"): 0.0, ("hpet", "enabled"): 10.2, ("hpet", "idle"): 6.1,
     ("hpet", "hard-lockup"): 8.1, ("hpet", "soft-lockup"): 12.9,
@@ -318,7 +318,7 @@ DEFAULT_RUN_S = {
     ("hpet", "lkdtm-hardlockup"): 3.6, ("hpet", "lkdtm-softlockup"): 7.0,
     ("hpet", "lkdtm-spinlockup"): 6.0, ("hpet", "lkdtm-hung-task"): 8.9,
     ("hpet", "sysrq-backtrace"): 1.4, ("hpet", "cpumask-excluded"): 22.2,
-    ("hpet", "handling-cpu-hotplug"): 15.0, ("hpet", "runtime-changes"): 56.5,
+    ("hpet", "handling-cpu-hotplug"): 16.4, ("hpet", "runtime-changes"): 56.5,
     ("hpet", "declines"): 6.0,
     ("buddy", "boot"): 0.0, ("buddy", "enabled"): 0.0, ("buddy", "idle"): 6.0,
     ("buddy", "hard-lockup"): 14.1, ("buddy", "soft-lockup"): 12.9,
@@ -328,10 +328,10 @@ DEFAULT_RUN_S = {
     ("buddy", "lkdtm-spinlockup"): 5.8, ("buddy", "lkdtm-hung-task"): 7.1,
     ("perf", "boot"): 0.0, ("perf", "enabled"): 0.0, ("perf", "idle"): 6.1,
     ("perf", "hard-lockup"): 9.0, ("perf", "soft-lockup"): 12.9, ("perf", "all-locked"): 9.1,
-    ("hpet", "boundary-sweep"): 200.0, ("buddy", "boundary-sweep"): 195.0,
-    ("hpet", "unknown-nmi"): 14.0, ("buddy", "unknown-nmi"): 13.0,
-    ("hpet", "vm-pause"): 23.0, ("hpet", "nmi-stall"): 19.4,
-    ("hpet", "unknown-nmi-panic"): 1.4,
+    ("hpet", "boundary-sweep"): 162.0, ("buddy", "boundary-sweep"): 160.0,
+    ("hpet", "unknown-nmi"): 15.7, ("buddy", "unknown-nmi"): 18.4,
+    ("hpet", "vm-pause"): 20.2, ("hpet", "nmi-stall"): 19.2,
+    ("hpet", "unknown-nmi-panic"): 0.9,
 }
 DEFAULT_ENDS_GUEST = {"lkdtm-hardlockup", "lkdtm-softlockup", "lkdtm-spinlockup",
                       "lkdtm-hung-task", "hard-lockup+panic", "unknown-nmi-panic"}

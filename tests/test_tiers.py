@@ -32,7 +32,7 @@ def coverage(cases: list[matrix.Case]) -> set[tuple]:
 # (detector, family) pairs: every family and axis value stays in smoke.
 SMOKE_LEAVES_OUT = {
     # The buddy detector's boundary sweep is a control (its own floor),
-    # 190-210 s a sweep here; the HPET detector's sweep is in smoke.
+    # 160-210 s a sweep here; the HPET detector's sweep is in smoke.
     ("detector+family", "buddy", "boundary-sweep"),
 }
 
