@@ -15,7 +15,7 @@ from harness import catalog, initramfs
 from harness.errors import GuestError
 from harness.matrix import Case
 from harness.qemu import Guest
-from harness.scenarios import _mark
+from harness.scenarios import mark
 
 
 class GuestPool:
@@ -63,7 +63,7 @@ def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int) -> tuple[dict,
     guest, start = None, 0
     try:
         guest = pool.get(case.detector, case.spec)
-        start = _mark(guest)
+        start = mark(guest)
         result = catalog.get(case.scenario)(guest, case.detector, case.cpu)
         attempt = {"passed": result.passed, "reason": result.reason}
         measurements = result.measurements

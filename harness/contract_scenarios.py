@@ -22,12 +22,12 @@ import time
 
 from harness import expectations, inject_log, verdicts
 from harness.errors import HarnessError
+from harness.detector_scenarios import HLD_DEBUGFS, observe
 from harness.qemu import Guest
-from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, _mark, _since,
-                               _wait_event, hard_lockup)
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, describe, hard_lockup,
+                               mark, since, wait_event)
 
 INJECT_DIR = "/sys/kernel/debug/lockup_inject"
-HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
 # In units of watchdog_thresh: below the hard lockup definition, and beyond.
 SWEEP_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 0.95, 1.2, 1.5)
 SWEEP_PER_LENGTH = 10
@@ -133,7 +133,7 @@ def boundary_sweep(guest: Guest, detector: str, per_length: int = SWEEP_PER_LENG
     targets = sweep_targets(guest, detector)
     cpus = ",".join(map(str, targets))
     seq0 = _last_seq(guest)
-    start = _mark(guest)
+    start = mark(guest)
     steps = " ".join(f"{ms}:{gap}" for ms, gap in plan)
     script = (f"I={INJECT_DIR}; for x in {steps}; do "
               f"echo \"irqoff {cpus} ${{x%:*}} quiet\" > $I/inject || exit 1; "
@@ -147,8 +147,8 @@ def boundary_sweep(guest: Guest, detector: str, per_length: int = SWEEP_PER_LENG
     log = _log_text(guest)
     sections = [r for r in inject_log.after(inject_log.parse(log), seq0)
                 if isinstance(r, inject_log.Lockup)]
-    reports = _since(guest, start, ("hard_lockup",))
-    bad = _since(guest, start, tuple(k for k in LOCKUP_KINDS + BAD_KINDS
+    reports = since(guest, start, ("hard_lockup",))
+    bad = since(guest, start, tuple(k for k in LOCKUP_KINDS + BAD_KINDS
                                      if k != "hard_lockup"))
     v = verdicts.sweep(sections, reports, bad, detector, thresh)
     m = {**v.measurements, "targets": targets, "seed": seed, "per_length": per_length,
@@ -176,7 +176,7 @@ def unknown_nmis(guest: Guest, detector: str, per_cpu: int = 3, qmp: int = 3) ->
              for _ in range(HANDLING_CPU_NMIS if c == h else per_cpu)]
     rng.shuffle(order)
     seq0 = _last_seq(guest)
-    start = _mark(guest)
+    start = mark(guest)
     guest.check(_nmi_script(order, rng, guest.spec.watchdog_thresh),
                 timeout=len(order) * (NMI_SPACING_S + guest.spec.watchdog_thresh) + 30)
     for _ in range(qmp):
@@ -193,10 +193,10 @@ def unknown_nmis(guest: Guest, detector: str, per_cpu: int = 3, qmp: int = 3) ->
             sent[r.cpu] = sent.get(r.cpu, 0) + 1
     if qmp:
         sent[0] = sent.get(0, 0) + qmp
-    seen = [e for e in _since(guest, start, ("unknown_nmi",)) if "Uhhuh" in e.text]
+    seen = [e for e in since(guest, start, ("unknown_nmi",)) if "Uhhuh" in e.text]
     text = "\n".join(guest.console.text.splitlines()[start:])
     suppressed = SUPPRESSED.findall(text)
-    other = _since(guest, start, tuple(k for k in LOCKUP_KINDS + BAD_KINDS
+    other = since(guest, start, tuple(k for k in LOCKUP_KINDS + BAD_KINDS
                                        if k != "unknown_nmi"))
     allowed = {h: verdicts.allowed_losses(sent.get(h, 0),
                                           expectations.claim_tolerance(detector))}
@@ -214,10 +214,10 @@ def unknown_nmi_panic(guest: Guest, detector: str) -> Result:
         cpu = handling_cpu(guest, detector)
         guest.check("echo 1 > /proc/sys/kernel/unknown_nmi_panic")
         seq0 = _last_seq(guest)
-        start = _mark(guest)
+        start = mark(guest)
         delay = round(random.Random(_seed()).random() * guest.spec.watchdog_thresh * 1e6)
         guest.send(f"usleep {delay}; echo 'nmi {cpu} 1' > {INJECT_DIR}/inject")
-        panic = _wait_event(guest, start, "panic", None, delay / 1e6 + 10)
+        panic = wait_event(guest, start, "panic", None, delay / 1e6 + 10)
         sent = None
         if panic is None and guest.alive():
             sent = next((r for r in inject_log.after(_records(guest), seq0)
@@ -251,12 +251,12 @@ def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[
     thresh = guest.spec.watchdog_thresh
     # A window in which the detector must come back (its watch restarts a
     # silent channel within 2 x thresh), watched for false reports.
-    bad = [e for e in _observe_bad(guest, 3 * thresh) if not excused(e)]
+    bad = [e for e in observe(guest, 3 * thresh, LOCKUP_KINDS + BAD_KINDS) if not excused(e)]
     _check_tsc_stable(guest, start)
     after = _expiries(guest)
     m.update(_counters(guest))
     if bad:
-        return Result(name, label, False, "; ".join(steps) + "; then: " + _describe_events(bad), m)
+        return Result(name, label, False, "; ".join(steps) + "; then: " + describe(bad), m)
     if expiries_before is not None:
         m["expiries_after"] = (after or 0) - expiries_before
         want = 3 * thresh * expectations.hpet_nmi_rate(thresh) / 2
@@ -272,18 +272,6 @@ def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[
     return Result(name, label, r.passed, "; ".join(steps), m)
 
 
-def _observe_bad(guest: Guest, seconds: float) -> list:
-    start = _mark(guest)
-    kinds = LOCKUP_KINDS + BAD_KINDS
-    guest.console.wait_until(lambda: bool(_since(guest, start, kinds)),
-                             time.monotonic() + seconds, guest.alive)
-    return _since(guest, start, kinds)
-
-
-def _describe_events(events: list) -> str:
-    return "; ".join(f"line {e.line}: {e.title}" for e in events[:5])
-
-
 def nmi_stall(guest: Guest, detector: str) -> Result:
     """The CPU that handles the HPET NMI spends 2.5 x watchdog_thresh in NMI
     context, where it takes no other NMI: its expiries pile up into one
@@ -293,7 +281,7 @@ def nmi_stall(guest: Guest, detector: str) -> Result:
     cpu = handling_cpu(guest, detector)
     ms = int(2.5 * thresh * 1000)
     before = _expiries(guest)
-    start = _mark(guest)
+    start = mark(guest)
     seq0 = _last_seq(guest)
     guest.check(f"echo 'nmistall {cpu} {ms}' > {INJECT_DIR}/inject", timeout=ms / 1000 + 30)
     _flush_console(guest)
@@ -306,7 +294,7 @@ def nmi_stall(guest: Guest, detector: str) -> Result:
     # only at the CPU's first NMI after it (it checks a CPU from the CPU's
     # own NMI). That report may come a sample after the stall: excused.
     late_ok = stall.end + 2 * thresh / 5 + 0.5
-    m["during"] = [e.title for e in _since(guest, start, LOCKUP_KINDS)]
+    m["during"] = [e.title for e in since(guest, start, LOCKUP_KINDS)]
     return _still_detects(guest, detector, name, m, steps, start, before,
                           excused=lambda e: e.kind == "hard_lockup" and e.cpu == cpu
                           and e.time is not None and e.time <= late_ok)
@@ -318,7 +306,7 @@ def vm_pause(guest: Guest, detector: str) -> Result:
     name = "vm-pause"
     thresh = guest.spec.watchdog_thresh
     before = _expiries(guest)
-    start = _mark(guest)
+    start = mark(guest)
     guest.qmp.cmd("stop")
     # The pause is the action itself, not a wait for something.
     time.sleep(3 * thresh)

@@ -9,8 +9,8 @@ import time
 from harness import expectations
 from harness.errors import HarnessError
 from harness.qemu import Guest
-from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, _describe, _mark,
-                               _since, _wait_event, check_cpu, hard_lockup,
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, describe, mark,
+                               since, wait_event, check_cpu, hard_lockup,
                                inject_command, nmi_counts, nmi_rate_problem)
 
 HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
@@ -24,12 +24,12 @@ def cpulist(text: str) -> set[int]:
     return cpus
 
 
-def _observe(guest: Guest, seconds: float, kinds) -> list:
+def observe(guest: Guest, seconds: float, kinds) -> list:
     """Watch the console for `seconds`; stop early if any of `kinds` shows."""
-    start = _mark(guest)
-    guest.console.wait_until(lambda: bool(_since(guest, start, kinds)),
+    start = mark(guest)
+    guest.console.wait_until(lambda: bool(since(guest, start, kinds)),
                              time.monotonic() + seconds, guest.alive)
-    return _since(guest, start, kinds)
+    return since(guest, start, kinds)
 
 
 def enabled(guest: Guest, detector: str) -> Result:
@@ -54,14 +54,14 @@ def enabled(guest: Guest, detector: str) -> Result:
         return Result(name, label, False, f"monitoring {sorted(monitored)}, not all CPUs", m)
     window = 5.0 * thresh
     before, t0 = nmi_counts(guest), time.monotonic()
-    bad = _observe(guest, window, BAD_KINDS + LOCKUP_KINDS)
+    bad = observe(guest, window, BAD_KINDS + LOCKUP_KINDS)
     after, t1 = nmi_counts(guest), time.monotonic()
     rates = [round((a - b) / (t1 - t0), 3) for a, b in zip(after, before)]
     m["nmi_per_cpu_per_s"] = rates
     m["tsc_error_ns"] = {k: int(guest.check(f"cat {HLD_DEBUGFS}/tsc_error_{k}_ns"))
                          for k in ("min", "max", "last")}
     if bad:
-        return Result(name, label, False, "while idle: " + _describe(bad), m)
+        return Result(name, label, False, "while idle: " + describe(bad), m)
     problem = nmi_rate_problem(rates, thresh)
     if problem:
         return Result(name, label, False, problem, m)
@@ -82,26 +82,26 @@ def many_locked(guest: Guest, detector: str, cpus: list[int]) -> Result:
                                                       guest.console.text)
     bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
     hold_ms = int((bound + guest.spec.watchdog_thresh + 2) * 1000)
-    start = _mark(guest)
+    start = mark(guest)
     lst = ",".join(map(str, cpus))
     guest.send(inject_command("lockup_inject", "irqoff", lst, hold_ms))
-    injected = {cpu: _wait_event(guest, start, "lockup_injected", cpu, 10) for cpu in cpus}
+    injected = {cpu: wait_event(guest, start, "lockup_injected", cpu, 10) for cpu in cpus}
     missing = [c for c, e in injected.items() if e is None]
     if missing:
         raise guest.failure(f"{name}: no injection marker for cpus {missing}")
     for cpu in cpus:
-        _wait_event(guest, start, "lockup_released", cpu, hold_ms / 1000 + 30)
+        wait_event(guest, start, "lockup_released", cpu, hold_ms / 1000 + 30)
     guest.check("true", timeout=30)
-    reports = _since(guest, start, ("hard_lockup",))
+    reports = since(guest, start, ("hard_lockup",))
     reported = {e.cpu for e in reports}
     m = {"cpus": cpus, "reported": sorted(reported, key=str)}
     first = {}
     for e in reports:
         first.setdefault(e.cpu, e.time - injected[e.cpu].time if e.cpu in injected else None)
     m["latency_s"] = {c: round(t, 3) for c, t in first.items() if t is not None}
-    bad = _since(guest, start, BAD_KINDS)
+    bad = since(guest, start, BAD_KINDS)
     if bad:
-        return Result(name, label, False, "unexpected: " + _describe(bad), m)
+        return Result(name, label, False, "unexpected: " + describe(bad), m)
     m["expected"] = sorted(expected)
     if reported != expected:
         return Result(name, label, False, f"reported cpus {sorted(reported, key=str)}, "
@@ -139,7 +139,7 @@ def cpumask_excluded(guest: Guest, detector: str, cpu: int) -> Result:
 def sysrq_backtrace(guest: Guest, detector: str) -> Result:
     """Other NMI users still work: sysrq-l backtraces every CPU by NMI."""
     name, label = "sysrq-backtrace", guest.spec.label()
-    start, offset = _mark(guest), len(guest.console.text)
+    start, offset = mark(guest), len(guest.console.text)
     guest.check("echo l > /proc/sysrq-trigger")
     pat = re.compile(r"NMI backtrace for cpu (\d+)")
 
@@ -149,10 +149,10 @@ def sysrq_backtrace(guest: Guest, detector: str) -> Result:
     guest.console.wait_until(lambda: len(seen()) >= guest.spec.cpus,
                              time.monotonic() + 10 * guest.scale, guest.alive)
     got = seen()
-    bad = _since(guest, start, BAD_KINDS + LOCKUP_KINDS)
+    bad = since(guest, start, BAD_KINDS + LOCKUP_KINDS)
     m = {"backtraced": sorted(got)}
     if bad:
-        return Result(name, label, False, "unexpected: " + _describe(bad), m)
+        return Result(name, label, False, "unexpected: " + describe(bad), m)
     if got != set(range(guest.spec.cpus)):
         return Result(name, label, False, f"NMI backtraces from cpus {sorted(got)} only", m)
     return Result(name, label, True, "every CPU backtraced, no unknown NMI", m)
@@ -164,13 +164,13 @@ def _set(guest: Guest, knob: str, value) -> None:
 
 def _quiet_lockup(guest: Guest, cpu: int, seconds: float) -> list:
     """Lock `cpu` while the detector is off: return any lockup reports."""
-    start = _mark(guest)
+    start = mark(guest)
     guest.send(inject_command("lockup_inject", "irqoff", cpu, int(seconds * 1000)))
-    if _wait_event(guest, start, "lockup_injected", cpu, 10) is None:
+    if wait_event(guest, start, "lockup_injected", cpu, 10) is None:
         raise guest.failure(f"no injection marker for cpu {cpu}")
-    _wait_event(guest, start, "lockup_released", cpu, seconds + 30)
+    wait_event(guest, start, "lockup_released", cpu, seconds + 30)
     guest.check("true", timeout=30)
-    return _since(guest, start, ("hard_lockup",))
+    return since(guest, start, ("hard_lockup",))
 
 
 def runtime_changes(guest: Guest, detector: str) -> Result:
@@ -196,7 +196,7 @@ def runtime_changes(guest: Guest, detector: str) -> Result:
                 steps.append(f"thresh=0: {len(got)} reports")
                 if got:
                     return Result(name, label, False, "; ".join(steps) +
-                                  " while disabled: " + _describe(got), {})
+                                  " while disabled: " + describe(got), {})
         _set(guest, "nmi_watchdog", 0)
         got = _quiet_lockup(guest, target, 10)
         steps.append(f"nmi_watchdog=0: {len(got)} reports")
@@ -268,7 +268,7 @@ def declines(guest: Guest, detector: str) -> Result:
         return Result(name, label, False, f"no 'hpet_hld: not used: {why}' line", m)
     if guest.run(f"test -e {HLD_DEBUGFS}/channel").status == 0:
         return Result(name, label, False, "a channel is reserved anyway", m)
-    bad = _observe(guest, 3.0 * max(guest.spec.watchdog_thresh, 1), BAD_KINDS + LOCKUP_KINDS)
+    bad = observe(guest, 3.0 * max(guest.spec.watchdog_thresh, 1), BAD_KINDS + LOCKUP_KINDS)
     if bad:
-        return Result(name, label, False, "while idle: " + _describe(bad), m)
+        return Result(name, label, False, "while idle: " + describe(bad), m)
     return Result(name, label, True, f"declined: {why}; idle clean", m)

@@ -33,12 +33,12 @@ class Result:
                 "measurements": self.measurements}
 
 
-def _since(guest: Guest, line: int, kinds=None) -> list[Event]:
+def since(guest: Guest, line: int, kinds=None) -> list[Event]:
     return [e for e in guest.console.events()
             if e.line > line and (kinds is None or e.kind in kinds)]
 
 
-def _mark(guest: Guest) -> int:
+def mark(guest: Guest) -> int:
     """The console position (last line number) before an action."""
     guest.console.refresh()
     return guest.console.text.count("\n")
@@ -51,7 +51,7 @@ def _count_kinds(events: list[Event]) -> dict[str, int]:
     return counts
 
 
-def _describe(events: list[Event]) -> str:
+def describe(events: list[Event]) -> str:
     return "; ".join(f"line {e.line}: {e.title}" for e in events[:5])
 
 
@@ -63,7 +63,7 @@ def check_cpu(guest: Guest, cpu: int) -> None:
 def boot(guest: Guest, detector: str) -> Result:
     """The guest booted clean and the hardlockup detector is on."""
     name, label = "boot", guest.spec.label()
-    bad = _since(guest, 0, BAD_KINDS)
+    bad = since(guest, 0, BAD_KINDS)
     nmi_wd = guest.check("cat /proc/sys/kernel/nmi_watchdog").strip()
     m = {"boot_seconds": round(getattr(guest, "boot_seconds", 0.0), 2),
          "settle_seconds": round(getattr(guest, "settle_seconds", 0.0), 2),
@@ -72,7 +72,7 @@ def boot(guest: Guest, detector: str) -> Result:
     if booted and booted[-1].time is not None:
         m["kernel_boot_seconds"] = booted[-1].time
     if bad:
-        return Result(name, label, False, "bad console events: " + _describe(bad), m)
+        return Result(name, label, False, "bad console events: " + describe(bad), m)
     online = guest.check("cat /sys/devices/system/cpu/online").strip()
     want_online = "0" if guest.spec.cpus == 1 else f"0-{guest.spec.cpus - 1}"
     if online != want_online:
@@ -123,7 +123,7 @@ def soak(guest: Guest, detector: str, seconds: float) -> Result:
     so the HPET detector's NMIs must have kept coming on every CPU, and a
     real hard lockup at the end (the canary) must still be reported."""
     name, label = "soak", guest.spec.label()
-    start = _mark(guest)
+    start = mark(guest)
     before, t0 = nmi_counts(guest), time.monotonic()
     deadline = t0 + seconds
     while time.monotonic() < deadline:
@@ -135,7 +135,7 @@ def soak(guest: Guest, detector: str, seconds: float) -> Result:
                                 f"{seconds - (deadline - time.monotonic()):.0f} s")
         guest.check("true")          # still answering: not hung
     after, t1 = nmi_counts(guest), time.monotonic()
-    bad = _since(guest, start, LOCKUP_KINDS + BAD_KINDS)
+    bad = since(guest, start, LOCKUP_KINDS + BAD_KINDS)
     # Reports from before the window (a boot starved by an overcommitted
     # host) are not the idle detector's doing, but are kept for the record.
     early = [e for e in guest.console.events()
@@ -144,10 +144,10 @@ def soak(guest: Guest, detector: str, seconds: float) -> Result:
     m = {"soak_seconds": seconds, "false_positives": len(bad), "by_kind": _count_kinds(bad),
          "before_soak": _count_kinds(early), "nmi_per_cpu_per_s": rates,
          # Kept for the record, not false positives (see console_events).
-         "nmi_slow": [e.title for e in _since(guest, start, ("nmi_slow",))]}
+         "nmi_slow": [e.title for e in since(guest, start, ("nmi_slow",))]}
     if bad:
         return Result(name, label, False, f"{len(bad)} false positives in {seconds:.0f} s: "
-                      + _describe(bad), m)
+                      + describe(bad), m)
     runs, _ = expectations.detector_runs(detector, guest.console.text)
     problem = nmi_rate_problem(rates, guest.spec.watchdog_thresh) \
         if runs and detector == "hpet" else None
@@ -166,16 +166,16 @@ def soak(guest: Guest, detector: str, seconds: float) -> Result:
 def idle(guest: Guest, periods: int = 3) -> Result:
     """Watch an idle guest for periods x watchdog_thresh: nothing may fire."""
     name, label = "idle", guest.spec.label()
-    start = _mark(guest)
+    start = mark(guest)
     window = periods * max(guest.spec.watchdog_thresh, 1)
     # Observation window, not a wait for something: any event ends it early.
-    guest.console.wait_until(lambda: bool(_since(guest, start, LOCKUP_KINDS + BAD_KINDS)),
+    guest.console.wait_until(lambda: bool(since(guest, start, LOCKUP_KINDS + BAD_KINDS)),
                              time.monotonic() + window, guest.alive)
     guest.check("true")   # the guest still answers
-    bad = _since(guest, start, LOCKUP_KINDS + BAD_KINDS)
+    bad = since(guest, start, LOCKUP_KINDS + BAD_KINDS)
     m = {"window_seconds": window}
     if bad:
-        return Result(name, label, False, "false positive while idle: " + _describe(bad), m)
+        return Result(name, label, False, "false positive while idle: " + describe(bad), m)
     return Result(name, label, True, f"nothing reported in {window} s idle", m)
 
 
@@ -202,7 +202,7 @@ def inject_command(injector: str, mode: str, cpu: int | str, ms: int) -> str:
 NUDGE = "echo 'harness: console nudge' > /dev/kmsg"
 
 
-def _wait_event(guest: Guest, start: int, kind: str, cpu: int | None,
+def wait_event(guest: Guest, start: int, kind: str, cpu: int | None,
                 timeout: float, nudge_cpus: str | None = None) -> Event | None:
     """Wait for an event on the console after line `start`.
 
@@ -212,7 +212,7 @@ def _wait_event(guest: Guest, start: int, kind: str, cpu: int | None,
     once a second meanwhile.
     """
     def found():
-        return [e for e in _since(guest, start, (kind,)) if cpu is None or e.cpu == cpu]
+        return [e for e in since(guest, start, (kind,)) if cpu is None or e.cpu == cpu]
     deadline = time.monotonic() + timeout * guest.scale
     while True:
         step = min(deadline, time.monotonic() + 1.0) if nudge_cpus else deadline
@@ -234,13 +234,13 @@ def _lockup(guest: Guest, cpu: int, mode: str, report_kind: str, bound_s: float,
     label = guest.spec.label()
     thresh = guest.spec.watchdog_thresh
     hold_ms = int((bound_s + thresh + 2) * 1000)   # outlast the latest report
-    start = _mark(guest)
+    start = mark(guest)
     guest.send(inject_command(injector, mode, cpu, hold_ms))
-    injected = _wait_event(guest, start, "lockup_injected", cpu, 10)
+    injected = wait_event(guest, start, "lockup_injected", cpu, 10)
     if injected is None:
         raise guest.failure(f"{name}: no injection marker for cpu {cpu}")
     # Wait for the report, or (when none is expected) for the lockup to end.
-    report = _wait_event(guest, start, report_kind, expect, bound_s + 2) if visible else None
+    report = wait_event(guest, start, report_kind, expect, bound_s + 2) if visible else None
     m = {"cpu": cpu, "mode": mode, "injector": injector, "hold_ms": hold_ms,
          "bound_s": bound_s, "injected_at": injected.time}
     if report is not None:
@@ -250,14 +250,14 @@ def _lockup(guest: Guest, cpu: int, mode: str, report_kind: str, bound_s: float,
     # test_lockup spins on a delay loop, not a clock: under TCG its 14 s
     # have been seen to last 42 s.
     hold_s = hold_ms / 1000 * (4 if injector == "test_lockup" else 1)
-    if _wait_event(guest, start, "lockup_released", cpu, hold_s + 15) is None:
+    if wait_event(guest, start, "lockup_released", cpu, hold_s + 15) is None:
         raise guest.failure(f"{name}: cpu {cpu} never released its lockup")
     guest.check("true", timeout=30)       # the guest recovered
     if visible and report is None:
         # Reported from an NMI on the locked CPU itself, with no other CPU
         # to print it (1 vCPU): it reaches the console only after the
         # release. Its kernel timestamp still says when it was detected.
-        report = _wait_event(guest, start, report_kind, expect, 5)
+        report = wait_event(guest, start, report_kind, expect, 5)
         if report is not None:
             m["latency_s"] = round(report.time - injected.time, 3)
             m["console_delayed"] = True
@@ -268,7 +268,7 @@ def _report_verdict(guest: Guest, name: str, start: int, report_kind: str, cpu: 
                     visible: bool, why: str, m: dict) -> Result:
     """Exactly `cpu` reported, within the bound, nothing bad besides."""
     label = guest.spec.label()
-    reports = _since(guest, start, (report_kind,))
+    reports = since(guest, start, (report_kind,))
     others = sorted({e.cpu for e in reports if e.cpu != cpu}, key=str)
     if report_kind == "soft_lockup" and others:
         # CPUs that wait on a soft-locked CPU (IPIs, stop_machine) are stuck
@@ -276,13 +276,13 @@ def _report_verdict(guest: Guest, name: str, start: int, report_kind: str, cpu: 
         # held against the detector. A hard lockup elsewhere always is.
         m["knock_on_cpus"] = others
         others = []
-    bad = _since(guest, start, BAD_KINDS)
+    bad = since(guest, start, BAD_KINDS)
     if bad:
-        return Result(name, label, False, "unexpected: " + _describe(bad), m)
+        return Result(name, label, False, "unexpected: " + describe(bad), m)
     if not visible:
         if reports:
             return Result(name, label, False, f"reported although {why}: "
-                          + _describe(reports), m)
+                          + describe(reports), m)
         return Result(name, label, True, f"not reported, as expected: {why}", m)
     if "latency_s" not in m:
         seen = f"; reported instead: cpus {others}" if others else ""
@@ -301,7 +301,7 @@ def _report_verdict(guest: Guest, name: str, start: int, report_kind: str, cpu: 
 
 
 def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Result:
-    panic = _wait_event(guest, start, "panic", None, 15)
+    panic = wait_event(guest, start, "panic", None, 15)
     if not visible:
         if panic is not None or not guest.alive():
             return Result(name, label, False, f"guest panicked although {why}", m)
@@ -364,7 +364,7 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
         guest.check(f"[ -e {LKDTM_DIRECT} ] || insmod /lib/modules/lkdtm.ko")
         if kind == "hung_task":
             guest.check(f"echo {HUNG_TASK_TIMEOUT_S} > /proc/sys/kernel/hung_task_timeout_secs")
-        start = _mark(guest)
+        start = mark(guest)
         # SPINLOCKUP takes a spinlock and returns: the second call spins.
         times = 2 if crash == "SPINLOCKUP" else 1
         trigger = "; ".join([f"echo {crash} > {LKDTM_DIRECT}"] * times)
@@ -372,13 +372,13 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
         injected = None
         for _ in range(times):
             after = injected.line if injected else start
-            injected = _wait_event(guest, after, "lockup_injected", None, 10)
+            injected = wait_event(guest, after, "lockup_injected", None, 10)
             if injected is None:
                 raise guest.failure(f"{name}: LKDTM never said it triggered {crash}")
         m = {"cpu": cpu, "crash": crash, "bound_s": bound, "injected_at": injected.time}
         others = ",".join(str(c) for c in range(guest.spec.cpus) if c != cpu)
         target = None if kind == "hung_task" else cpu   # a hung task has no CPU
-        report = _wait_event(guest, start, kind, target,
+        report = wait_event(guest, start, kind, target,
                              bound + 2 if visible else bound + thresh,
                              nudge_cpus=others or None)
         if report is not None:
