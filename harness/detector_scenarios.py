@@ -11,7 +11,8 @@ from harness.errors import HarnessError
 from harness.qemu import Guest
 from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, describe, mark,
                                since, wait_event, check_cpu, hard_lockup,
-                               inject_command, nmi_counts, nmi_rate_problem)
+                               inject_command, nmi_counts, nmi_rate_problem,
+                               repeated_reports)
 
 HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
 
@@ -106,6 +107,11 @@ def many_locked(guest: Guest, detector: str, cpus: list[int]) -> Result:
     if reported != expected:
         return Result(name, label, False, f"reported cpus {sorted(reported, key=str)}, "
                       f"expected {sorted(expected)} ({why})", m)
+    again = repeated_reports(reports)
+    if again:
+        m["reports_per_cpu"] = again
+        return Result(name, label, False, f"one lockup reported several times: {again} "
+                      "(cpu: reports); a hard lockup is reported once until it ends", m)
     late = {c: t for c, t in m["latency_s"].items() if not 0 <= t <= bound}
     if late:
         return Result(name, label, False, f"reports outside 0..{bound:.1f} s: {late}", m)

@@ -292,12 +292,27 @@ def _report_verdict(guest: Guest, name: str, start: int, report_kind: str, cpu: 
     if others:
         return Result(name, label, False, f"{report_kind} also reported on cpus "
                       f"{others}, only cpu {cpu} was locked", m)
+    again = repeated_reports(reports) if report_kind == "hard_lockup" else {}
+    if again:
+        m["reports_per_cpu"] = again
+        return Result(name, label, False, f"one lockup reported {again[cpu]} times on cpu "
+                      f"{cpu}: a hard lockup is reported once until it ends", m)
     latency = m["latency_s"]
     if not 0 <= latency <= m["bound_s"]:
         return Result(name, label, False, f"reported {latency:.2f} s after the "
                       f"injection, outside 0..{m['bound_s']:.1f} s", m)
     who = f"cpu {cpu}" if cpu is not None else "the hung task"
     return Result(name, label, True, f"{who} reported after {latency:.2f} s", m)
+
+
+def repeated_reports(reports: list[Event]) -> dict:
+    """CPUs with more than one hard lockup report, and how many, among the
+    reports of one lockup: kernel/watchdog.c prints a CPU's hard lockup
+    once, and again only after it made progress."""
+    counts: dict = {}
+    for e in reports:
+        counts[e.cpu] = counts.get(e.cpu, 0) + 1
+    return {c: n for c, n in counts.items() if n > 1}
 
 
 def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Result:

@@ -130,3 +130,15 @@ def test_the_handling_cpu_may_lose_what_the_tolerance_allows_and_no_more():
     assert not verdicts.unknown_nmis(sent, [uhhuh(1)] * 8 + [uhhuh(2)] * 2, [], [], {1: 1}).passed
     v = verdicts.unknown_nmis(sent, [uhhuh(1)] * 6 + [uhhuh(2)] * 3, [], [], {1: 1})
     assert not v.passed and "cpu 1: 8 sent, 6 reported (1 may be lost)" in v.reason
+
+
+def test_a_lockup_reported_twice_is_found_in_a_real_log():
+    """A series state (v2, before the fix in patch 7) whose own report
+    printing touched the watchdog and so rearmed the report: one 8 s lockup
+    of cpu 3, two reports. tests/logs/README.md says where it came from."""
+    from harness.scenarios import repeated_reports
+    logs = Path(__file__).parent / "logs"
+    twice = console_events.parse_file(logs / "guest-hpet-v2c-4cpu-hard-lockup-reported-twice.log")
+    hard = [e for e in twice if e.kind == "hard_lockup"]
+    assert repeated_reports(hard) == {3: 2}
+    assert repeated_reports(hard[:1]) == {}
