@@ -114,7 +114,7 @@ def _extmod_files() -> list[Path]:
                   if p.is_file() and (p.suffix in (".c", ".h") or p.name == "Kbuild"))
 
 
-class _Lock:
+class CacheLock:
     """An exclusive lock on a cache entry, so parallel builds don't collide."""
 
     def __init__(self, path: Path):
@@ -163,7 +163,7 @@ def prepare_debian_source(patches: list[Path]) -> Path:
     key = h.hexdigest()[:16]
     root = cache_dir() / "src"
     final = root / key
-    with _Lock(root / f"{key}.lock"):
+    with CacheLock(root / f"{key}.lock"):
         if (final / ".harness-source-ready").exists():
             return final / "linux-source-6.12"
         tmp = root / f"{key}.tmp"
@@ -234,7 +234,7 @@ def build_kernel(detector: str = DEFAULT_DETECTOR, kernel_src: str | None = None
     detector = KERNEL_OF.get(detector, detector)
     key, src, user_tree = kernel_key(detector, kernel_src)
     key_dir = cache_dir() / "kernels" / key
-    with _Lock(key_dir.parent / f"{key}.lock"):
+    with CacheLock(key_dir.parent / f"{key}.lock"):
         kernel = _read_stamp(key_dir)
         if kernel and kernel.bzimage.exists():
             _log(f"kernel: cached build {key_dir} ({kernel.release}, {detector})")

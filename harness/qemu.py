@@ -51,20 +51,25 @@ MIN_QEMU = (7, 2)     # what the harness is tested on (Debian 12)
 
 
 @functools.lru_cache(maxsize=None)
-def check_qemu(qemu: str = "qemu-system-x86_64") -> tuple[int, int]:
-    """QEMU present and new enough; its (major, minor)."""
-    path = shutil.which(qemu)
-    if path is None:
-        raise HarnessError(f"{qemu} not found: install qemu-system-x86")
+def version_of(path: str) -> tuple[int, int, int]:
+    """What `path --version` says: (major, minor, micro)."""
     try:
         text = subprocess.run([path, "--version"], capture_output=True, text=True,
                               timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
         raise HarnessError(f"{path} --version failed: {e}") from None
-    m = re.search(r"version (\d+)\.(\d+)", text)
+    m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", text)
     if m is None:
         raise HarnessError(f"{path} --version says no version: {text.strip()[:80]!r}")
-    version = int(m.group(1)), int(m.group(2))
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def check_qemu(qemu: str = "qemu-system-x86_64") -> tuple[int, int]:
+    """QEMU present and new enough; its (major, minor)."""
+    path = shutil.which(qemu)
+    if path is None:
+        raise HarnessError(f"{qemu} not found: install qemu-system-x86")
+    version = version_of(path)[:2]
     if version < MIN_QEMU:
         raise HarnessError(f"{path} is QEMU {version[0]}.{version[1]}, too old: the "
                            f"harness needs {MIN_QEMU[0]}.{MIN_QEMU[1]} or newer")

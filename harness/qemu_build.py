@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.kbuild import _Lock, need_space, run
+from harness.kbuild import CacheLock, need_space, run
 from harness.paths import REPO, cache_dir
+from harness.qemu import version_of
 
 QEMU_DIR = REPO / "qemu"
 QEMU_PATCH_DIR = QEMU_DIR / "patches"
@@ -168,7 +169,7 @@ def fetch_tarball() -> Path:
     src_dir = cache_dir() / "qemu" / "src"
     src_dir.mkdir(parents=True, exist_ok=True)
     dest = src_dir / TARBALL
-    with _Lock(src_dir / "fetch.lock"):
+    with CacheLock(src_dir / "fetch.lock"):
         if dest.is_file():
             if _sha256(dest) == TARBALL_SHA256:
                 return dest
@@ -268,7 +269,7 @@ def build_qemu(jobs: int | None = None) -> Qemu:
     key = build_key(patches)
     root = cache_dir() / "qemu"
     final = root / key
-    with _Lock(root / f"{key}.lock"):
+    with CacheLock(root / f"{key}.lock"):
         q = _read_stamp(final)
         if q is not None and q.binary.is_file():
             _log(f"qemu: cached build {final}")
@@ -326,15 +327,7 @@ def qemu_version(binary: str | Path) -> tuple[int, int, int]:
     path = shutil.which(str(binary))
     if path is None:
         raise HarnessError(f"QEMU binary {binary} not found")
-    try:
-        text = subprocess.run([path, "--version"], capture_output=True, text=True,
-                              timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise HarnessError(f"{path} --version failed: {e}") from None
-    m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", text)
-    if m is None:
-        raise HarnessError(f"{path} --version says no version: {text.strip()[:80]!r}")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    return version_of(path)
 
 
 def _device_props(binary: str, device: str) -> set[str]:
