@@ -83,14 +83,18 @@ def _hash_files(h, paths) -> None:
 def series_patches() -> list[Path]:
     """Patches named in kernel-config/patches/series, in order."""
     series = PATCH_DIR / "series"
-    if not series.exists():
-        return []
+    return read_series(series) if series.exists() else []
+
+
+def read_series(series: Path) -> list[Path]:
+    """The patches a quilt-style series file names (# starts a comment),
+    in order, each beside it; a name without its file is an error."""
     patches = []
     for line in series.read_text().splitlines():
         name = line.split("#", 1)[0].strip()
         if not name:
             continue
-        p = PATCH_DIR / name
+        p = series.parent / name
         if not p.is_file():
             raise HarnessError(f"patch {name} listed in {series} does not exist")
         patches.append(p)

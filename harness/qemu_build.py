@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.kbuild import CacheLock, need_space, run
+from harness.kbuild import CacheLock, need_space, read_series, run
 from harness.paths import REPO, cache_dir
 from harness.qemu import version_of
 
@@ -86,15 +86,7 @@ def series_patches() -> list[Path]:
     series = QEMU_PATCH_DIR / "series"
     if not series.is_file():
         raise HarnessError(f"{series} does not exist")
-    patches = []
-    for line in series.read_text().splitlines():
-        name = line.split("#", 1)[0].strip()
-        if not name:
-            continue
-        p = QEMU_PATCH_DIR / name
-        if not p.is_file():
-            raise HarnessError(f"patch {name} listed in {series} does not exist")
-        patches.append(p)
+    patches = read_series(series)
     if not patches:
         raise HarnessError(f"{series} lists no patch")
     return patches
