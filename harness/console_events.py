@@ -339,6 +339,11 @@ def parse_file(path) -> list[Event]:
     return parse_text(Path(path).read_bytes().decode("utf-8", errors="replace"))
 
 
+def describe(events) -> str:
+    """The first five events, one phrase each, for a verdict's reason."""
+    return "; ".join(f"line {e.line}: {e.title}" for e in events[:5])
+
+
 def summarize(events) -> dict:
     """Count events per kind; every kind is present, with 0 if not seen."""
     counts = dict.fromkeys(KINDS, 0)

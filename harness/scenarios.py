@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from harness import expectations
-from harness.console_events import Event
+from harness.console_events import Event, describe
 from harness.errors import HarnessError
 from harness.qemu import Guest
 
@@ -51,8 +51,6 @@ def _count_kinds(events: list[Event]) -> dict[str, int]:
     return counts
 
 
-def describe(events: list[Event]) -> str:
-    return "; ".join(f"line {e.line}: {e.title}" for e in events[:5])
 
 
 def check_cpu(guest: Guest, cpu: int) -> None:

@@ -6,7 +6,7 @@ events. No guest and no I/O here, so a captured log is a regression test
 from dataclasses import dataclass
 
 from harness import expectations
-from harness.console_events import Event
+from harness.console_events import Event, describe
 from harness.inject_log import Lockup, NmiSent
 
 # A report's timestamp is taken in the NMI that detected the lockup, while
@@ -19,10 +19,6 @@ class Verdict:
     passed: bool
     reason: str
     measurements: dict
-
-
-def _fmt_events(events: list[Event]) -> str:
-    return "; ".join(f"line {e.line}: {e.title}" for e in events[:5])
 
 
 def attribute(sections: list[Lockup], reports: list[Event]):
@@ -69,17 +65,17 @@ def sweep(sections: list[Lockup], reports: list[Event], bad: list[Event],
     if not sections:
         return Verdict(False, "no section was injected", m)
     if bad:
-        return Verdict(False, "unexpected: " + _fmt_events(bad), m)
+        return Verdict(False, "unexpected: " + describe(bad), m)
     if stray:
         return Verdict(False, "hard lockup reported outside every injected section: "
-                       + _fmt_events(stray), m)
+                       + describe(stray), m)
     early = [s for s in reported if s.seconds < floor * thresh]
     if early:
         s = min(early, key=lambda s: s.seconds)
         return Verdict(False, f"{len(early)} of {len(sections)} sections shorter than "
                        f"{floor} x watchdog_thresh were reported as hard lockups, the "
                        f"shortest {s.seconds:.2f} s ({s.seconds / thresh:.2f} x thresh) "
-                       f"on cpu {s.cpu} ({_fmt_events([found[s.seq]])})", m)
+                       f"on cpu {s.cpu} ({describe([found[s.seq]])})", m)
     lo = min(s.seconds for s in sections) / thresh
     hi = max(s.seconds for s in sections) / thresh
     return Verdict(True, f"{len(sections)} sections of {lo:.2f}-{hi:.2f} x thresh: none "
@@ -115,7 +111,7 @@ def unknown_nmis(sent: dict[int, int], seen: list[Event], lockups: list[Event],
         return Verdict(False, "the kernel rate-limited its unknown NMI messages, so they "
                        "cannot be counted: " + "; ".join(suppressed[:3]), m)
     if lockups:
-        return Verdict(False, "unexpected: " + _fmt_events(lockups), m)
+        return Verdict(False, "unexpected: " + describe(lockups), m)
     wrong = {c: (n, got.get(c, 0)) for c, n in sent.items()
              if not n - allowed.get(c, 0) <= got.get(c, 0) <= n}
     extra = {c: n for c, n in got.items() if c not in sent}
