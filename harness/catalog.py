@@ -7,6 +7,7 @@ import os
 
 from harness import contract_scenarios as cs
 from harness import detector_scenarios as ds
+from harness import platform_scenarios as ps
 from harness import scenarios as sc
 from harness.errors import HarnessError
 
@@ -41,6 +42,12 @@ SCENARIOS = {
     # NMI context, and after the whole machine was paused.
     "nmi-stall": lambda g, d, cpu: cs.nmi_stall(g, d),
     "vm-pause": lambda g, d, cpu: cs.vm_pause(g, d),
+    "suspend-resume": lambda g, d, cpu: ps.suspend_resume(g, d),
+    "hpet-users": lambda g, d, cpu: ps.hpet_users(g, d),
+    # CPUs the detector must not touch: outside watchdog_cpumask, or never
+    # booted (a machine with nr_cpus= or maxcpus= on its command line).
+    "untouched-cpus": lambda g, d, cpu: ps.untouched_cpus(g, d),
+    "unbooted-cpus": lambda g, d, cpu: ps.unbooted_cpus(g, d),
     # Deliberately wrong: locks up `cpu` but expects the report on the next
     # CPU. It must fail; it shows what a failure looks like in the reports.
     "canary-wrong-cpu": lambda g, d, cpu: sc.hard_lockup(
@@ -53,7 +60,8 @@ TAKES_CPU = {"hard-lockup", "soft-lockup", "hard-lockup-test_lockup",
              "soft-lockup-test_lockup", "all-but-one-locked", "cpumask-excluded",
              "canary-wrong-cpu", *(n for n in SCENARIOS if n.startswith("lkdtm-"))}
 NEEDS_TWO_CPUS = {"all-locked", "all-but-one-locked", "canary-wrong-cpu",
-                  "cpumask-excluded", "handling-cpu-hotplug"}
+                  "cpumask-excluded", "handling-cpu-hotplug", "untouched-cpus",
+                  "unbooted-cpus"}
 
 
 def get(name: str):

@@ -82,7 +82,7 @@ def _flush_console(guest: Guest) -> None:
         raise guest.failure(f"console flush marker never showed: {token}")
 
 
-def _check_tsc_stable(guest: Guest, start: int) -> None:
+def check_tsc_stable(guest: Guest, start: int) -> None:
     """Raise (an error, retried on a fresh guest) if the TSC was marked
     unstable since console line `start`."""
     text = "\n".join(guest.console.text.splitlines()[start:])
@@ -143,7 +143,7 @@ def boundary_sweep(guest: Guest, detector: str, per_length: int = SWEEP_PER_LENG
     t0 = time.monotonic()
     guest.check(script, timeout=budget)
     _flush_console(guest)
-    _check_tsc_stable(guest, start)
+    check_tsc_stable(guest, start)
     log = _log_text(guest)
     sections = [r for r in inject_log.after(inject_log.parse(log), seq0)
                 if isinstance(r, inject_log.Lockup)]
@@ -185,7 +185,7 @@ def unknown_nmis(guest: Guest, detector: str, per_cpu: int = 3, qmp: int = 3) ->
         time.sleep(NMI_SPACING_S + rng.random() * guest.spec.watchdog_thresh / 5)
         guest.qmp.cmd("inject-nmi")
     _flush_console(guest)
-    _check_tsc_stable(guest, start)
+    check_tsc_stable(guest, start)
     log = _log_text(guest)
     sent: dict[int, int] = {}
     for r in inject_log.after(inject_log.parse(log), seq0):
@@ -201,9 +201,11 @@ def unknown_nmis(guest: Guest, detector: str, per_cpu: int = 3, qmp: int = 3) ->
     allowed = {h: verdicts.allowed_losses(sent.get(h, 0),
                                           expectations.claim_tolerance(detector))}
     v = verdicts.unknown_nmis(sent, seen, other, suppressed, allowed)
+    # ipis_held: forwarded NMIs still due at the next expiry, i.e. a vCPU
+    # that did not run for a period, where two NMIs can merge into one.
     return Result(name, label, v.passed, v.reason,
                   {**v.measurements, "seed": seed, "qmp": qmp, "handling_cpu": h,
-                   "inject_log": _log_lines_after(log, seq0)})
+                   "counters": counters(guest), "inject_log": _log_lines_after(log, seq0)})
 
 
 def unknown_nmi_panic(guest: Guest, detector: str) -> Result:
@@ -229,16 +231,16 @@ def unknown_nmi_panic(guest: Guest, detector: str) -> Result:
         guest.stop()     # panicked, or must not be trusted with unknown_nmi_panic=1
 
 
-def _expiries(guest: Guest) -> int | None:
+def expiries(guest: Guest) -> int | None:
     """The HPET detector's count of expiries, if it runs."""
     reply = guest.run(f"cat {HLD_DEBUGFS}/nmis")
     return int(reply.output) if reply.status == 0 and reply.output.strip().isdigit() else None
 
 
-def _counters(guest: Guest) -> dict:
+def counters(guest: Guest) -> dict:
     """The detector's debugfs counters that this series has, for the record."""
     out = guest.run(f"cd {HLD_DEBUGFS} 2>/dev/null && grep . nmis early late restarts "
-                    "missed mispredicted 2>/dev/null").output
+                    "missed mispredicted ipis ipis_held 2>/dev/null").output
     return {k: int(v) for k, _, v in (line.partition(":") for line in out.split())
             if v.isdigit()}
 
@@ -252,9 +254,9 @@ def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[
     # A window in which the detector must come back (its watch restarts a
     # silent channel within 2 x thresh), watched for false reports.
     bad = [e for e in observe(guest, 3 * thresh, LOCKUP_KINDS + BAD_KINDS) if not excused(e)]
-    _check_tsc_stable(guest, start)
-    after = _expiries(guest)
-    m.update(_counters(guest))
+    check_tsc_stable(guest, start)
+    after = expiries(guest)
+    m.update(counters(guest))
     if bad:
         return Result(name, label, False, "; ".join(steps) + "; then: " + describe(bad), m)
     if expiries_before is not None:
@@ -280,7 +282,7 @@ def nmi_stall(guest: Guest, detector: str) -> Result:
     thresh = guest.spec.watchdog_thresh
     cpu = handling_cpu(guest, detector)
     ms = int(2.5 * thresh * 1000)
-    before = _expiries(guest)
+    before = expiries(guest)
     start = mark(guest)
     seq0 = _last_seq(guest)
     guest.check(f"echo 'nmistall {cpu} {ms}' > {INJECT_DIR}/inject", timeout=ms / 1000 + 30)
@@ -305,7 +307,7 @@ def vm_pause(guest: Guest, detector: str) -> Result:
     still meanwhile, so nothing may be reported, and the detector must go on."""
     name = "vm-pause"
     thresh = guest.spec.watchdog_thresh
-    before = _expiries(guest)
+    before = expiries(guest)
     start = mark(guest)
     guest.qmp.cmd("stop")
     # The pause is the action itself, not a wait for something.
@@ -314,3 +316,4 @@ def vm_pause(guest: Guest, detector: str) -> Result:
     m: dict = {"paused_s": 3 * thresh}
     steps = [f"paused {3 * thresh} s"]
     return _still_detects(guest, detector, name, m, steps, start, before)
+

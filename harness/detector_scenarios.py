@@ -14,7 +14,7 @@ from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, describe, mark,
                                inject_command, nmi_counts, nmi_rate_problem,
                                repeated_reports)
 
-HLD_DEBUGFS = "/sys/kernel/debug/hpet_hld"
+HLD_DEBUGFS = "/sys/kernel/debug/x86/hpet_hld"
 
 
 def cpulist(text: str) -> set[int]:

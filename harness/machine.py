@@ -141,6 +141,8 @@ def qemu_argv(spec: MachineSpec, accel: str, kernel: Path, initrd: Path,
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-global", f"hpet.msi={'on' if spec.hpet_msi else 'off'}",
             "-global", f"hpet.timers={spec.hpet_timers}",
+            # S3 offered to the guest (suspend-resume); nothing else changes
+            "-global", "ICH9-LPC.disable_s3=0",
             *(("-global", "hpet.strict-comparator=on") if spec.hpet_strict_comparator
               else ()),
             "-chardev", (f"socket,id=con0,path={console_sock},abstract=on,server=on,"

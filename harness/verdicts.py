@@ -3,6 +3,7 @@ recorded: the module's record of what it injected, and the console's
 events. No guest and no I/O here, so a captured log is a regression test
 (tests/test_verdicts.py).
 """
+import re
 from dataclasses import dataclass
 
 from harness import expectations
@@ -139,3 +140,94 @@ def unknown_nmi_panic(sent: NmiSent | None, panics: list[Event], alive: bool) ->
     if sent is not None and p.time is not None:
         m["panic_latency_s"] = round(p.time - sent.time, 3)
     return Verdict(True, "Kernel panic - not syncing: NMI: Not continuing", m)
+
+
+def nmi_counts(proc_interrupts: str) -> dict[int, int]:
+    """NMIs taken per CPU, from /proc/interrupts (online CPUs only)."""
+    lines = proc_interrupts.splitlines()
+    if not lines:
+        return {}
+    cpus = [int(c[3:]) for c in lines[0].split() if c.startswith("CPU")]
+    for line in lines[1:]:
+        head, _, rest = line.strip().partition(":")
+        if head == "NMI":
+            counts = rest.split()[:len(cpus)]
+            return {cpu: int(n) for cpu, n in zip(cpus, counts)}
+    return {}
+
+
+def untouched(before: dict[int, int], after: dict[int, int], excluded: list[int],
+              monitored: list[int], window_s: float, rate: float, bad: list[Event]) -> Verdict:
+    """CPUs outside watchdog_cpumask take no NMI from the detector over the
+    window; the monitored ones keep taking theirs (`rate` per second, 0 for a
+    detector that sends none)."""
+    delta = {c: after.get(c, 0) - before.get(c, 0) for c in sorted(set(before) | set(after))}
+    m = {"window_s": window_s, "excluded": excluded, "monitored": monitored,
+         "nmis": {str(c): d for c, d in delta.items()}}
+    if bad:
+        return Verdict(False, "unexpected: " + describe(bad), m)
+    touched = {c: delta.get(c, 0) for c in excluded if delta.get(c, 0)}
+    if touched:
+        return Verdict(False, "CPUs outside watchdog_cpumask took NMIs: " + ", ".join(
+            f"cpu {c}: {n} in {window_s:.0f} s" for c, n in touched.items()), m)
+    want = rate * window_s / 2
+    starved = {c: delta.get(c, 0) for c in monitored if delta.get(c, 0) < want}
+    if starved:
+        return Verdict(False, "the detector stopped: " + ", ".join(
+            f"cpu {c} took {n} NMIs in {window_s:.0f} s, want {want:.0f}"
+            for c, n in starved.items()), m)
+    return Verdict(True, f"cpus {excluded} outside the mask took 0 NMIs in {window_s:.0f} s; "
+                   f"monitored cpus took {min((delta.get(c, 0) for c in monitored), default=0)}"
+                   " or more", m)
+
+
+def unbooted(hw_cpus: int, online: list[int], monitored: list[int] | None, boots: int,
+             bad: list[Event], lockups: dict[int, tuple[bool, str]]) -> Verdict:
+    """A machine with CPUs Linux did not boot (nr_cpus=, maxcpus=): it boots
+    once (an NMI to a CPU waiting for its startup IPI resets a QEMU
+    machine), the detector monitors exactly the online CPUs, and a lockup on
+    each CPU tried is reported."""
+    m = {"hw_cpus": hw_cpus, "online": online, "monitored": monitored, "boots": boots,
+         "lockups": {str(c): {"passed": ok, "reason": r} for c, (ok, r) in lockups.items()}}
+    if boots != 1:
+        return Verdict(False, f"the machine booted {boots} times: it was reset", m)
+    if bad:
+        return Verdict(False, "unexpected: " + describe(bad), m)
+    if monitored is not None and monitored != online:
+        return Verdict(False, f"the detector monitors cpus {monitored}, online are {online}", m)
+    failed = {c: r for c, (ok, r) in lockups.items() if not ok}
+    if failed:
+        return Verdict(False, "; ".join(f"cpu {c}: {r}" for c, r in failed.items()), m)
+    return Verdict(True, f"{len(online)} of {hw_cpus} cpus booted, monitored as such; "
+                   f"lockups on cpus {sorted(lockups)} reported", m)
+
+
+def hpet_users(output: str, channel: int | None, irqs_wanted: int,
+               expiries: int | None, expiries_wanted: float, bad: list[Event]) -> Verdict:
+    """What guest/tools/hpet-user printed, judged: /dev/hpet never hands
+    out the detector's `channel` and its channel interrupts, the emulated
+    RTC updates, and the detector kept its expiries meanwhile."""
+    handed = re.search(r"^hpet: handed out([\d ]*)\(then: (.*)\)$", output, re.M)
+    irqs = re.search(r"^hpet: channel (\d+) irqs (\d+)$", output, re.M)
+    rtc = re.search(r"^rtc: updates (\d+)$", output, re.M)
+    channels = [int(c) for c in handed.group(1).split()] if handed else []
+    m = {"handed_out": channels, "detector_channel": channel,
+         "irqs": int(irqs.group(2)) if irqs else None,
+         "rtc_updates": int(rtc.group(1)) if rtc else None, "expiries": expiries,
+         "output": output.strip().splitlines()}
+    if bad:
+        return Verdict(False, "unexpected: " + describe(bad), m)
+    if channel is not None and channel in channels:
+        return Verdict(False, f"/dev/hpet handed out channel {channel}, the detector's", m)
+    if not channels:
+        return Verdict(False, "/dev/hpet handed out no channel: " + output.strip(), m)
+    if not irqs or int(irqs.group(2)) < irqs_wanted:
+        return Verdict(False, f"/dev/hpet: want {irqs_wanted} interrupts: {output.strip()}", m)
+    if not rtc or int(rtc.group(1)) < 2:
+        return Verdict(False, f"the RTC did not update twice: {output.strip()}", m)
+    if expiries is not None and expiries < expiries_wanted:
+        return Verdict(False, f"the detector had {expiries} expiries meanwhile, want "
+                       f"{expiries_wanted:.0f}", m)
+    return Verdict(True, f"/dev/hpet handed out channels {channels}, not the detector's "
+                   f"({channel}); {m['irqs']} interrupts; the RTC updated; the detector "
+                   "went on", m)

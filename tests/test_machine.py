@@ -20,6 +20,7 @@ TODAY = ["qemu-system-x86_64", "-machine", "q35,hpet=on", "-accel", "tcg", "-cpu
          "-smp", "2,maxcpus=2,sockets=1,cores=2,threads=1", "-m", "512",
          "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
          "-global", "hpet.msi=off", "-global", "hpet.timers=3",
+         "-global", "ICH9-LPC.disable_s3=0",
          "-chardev", "file,id=con0,path=/c.log", "-serial", "chardev:con0",
          "-chardev", "socket,id=agent0,path=ag,abstract=on,server=on,wait=off",
          "-serial", "chardev:agent0",

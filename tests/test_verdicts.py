@@ -142,3 +142,86 @@ def test_a_lockup_reported_twice_is_found_in_a_real_log():
     hard = [e for e in twice if e.kind == "hard_lockup"]
     assert repeated_reports(hard) == {3: 2}
     assert repeated_reports(hard[:1]) == {}
+
+
+# -- The platform scenarios (harness/platform_scenarios.py) ------------------
+
+PLATFORM = sorted(p for p in (Path(__file__).parent / "logs" / "platform").iterdir()
+                  if p.is_dir())
+
+
+def judge_platform(case: Path) -> verdicts.Verdict:
+    """What harness.platform_scenarios does after acting, on the files:
+    record.json is what the scenario recorded (its measurements)."""
+    expect = json.loads((case / "expect.json").read_text())
+    rec = json.loads((case / "record.json").read_text())
+    events = console_events.parse_file(case / "console.log")
+    bad = [e for e in events if e.kind in LOCKUP_KINDS + BAD_KINDS]
+    scenario = expect["scenario"]
+    if scenario == "untouched-cpus":
+        return verdicts.untouched(verdicts.nmi_counts(rec["interrupts_before"]),
+                                  verdicts.nmi_counts(rec["interrupts_after"]),
+                                  rec["excluded"], rec["monitored"], rec["window_s"],
+                                  rec["rate"], bad)
+    if scenario == "hpet-users":
+        return verdicts.hpet_users("\n".join(rec["output"]) + "\n", rec["detector_channel"],
+                                   rec["irqs_wanted"], rec["expiries"],
+                                   rec["expiries_wanted"], bad)
+    if scenario == "unbooted-cpus":    # its console has the lockups it made
+        lockups = {int(c): (r["passed"], r["reason"]) for c, r in rec["lockups"].items()}
+        return verdicts.unbooted(rec["hw_cpus"], rec["online"], rec["monitored"],
+                                 rec["boots"], [], lockups)
+    raise AssertionError(f"{case}: no judge for scenario {scenario!r}")
+
+
+def test_platform_cases_have_both_verdicts_from_real_runs():
+    got = {(json.loads((c / "expect.json").read_text())["scenario"],
+            json.loads((c / "expect.json").read_text())["passed"]) for c in PLATFORM}
+    for scenario in ("untouched-cpus", "unbooted-cpus"):
+        assert (scenario, True) in got and (scenario, False) in got, got
+    assert ("hpet-users", True) in got, got
+
+
+@pytest.mark.parametrize("case", PLATFORM, ids=[c.name for c in PLATFORM])
+def test_captured_platform_verdict_is_reproduced(case):
+    expect = json.loads((case / "expect.json").read_text())
+    v = judge_platform(case)
+    assert v.passed == expect["passed"], v.reason
+    assert expect["reason_contains"] in v.reason, v.reason
+
+
+def test_untouched_fails_on_one_nmi_outside_the_mask_and_on_a_starved_cpu():
+    before = {0: 4, 1: 4, 2: 4}
+    assert verdicts.untouched(before, {0: 19, 1: 19, 2: 4}, [2], [0, 1], 6, 2.5, []).passed
+    v = verdicts.untouched(before, {0: 19, 1: 19, 2: 5}, [2], [0, 1], 6, 2.5, [])
+    assert not v.passed and "cpu 2: 1 in 6 s" in v.reason
+    v = verdicts.untouched(before, {0: 19, 1: 6, 2: 4}, [2], [0, 1], 6, 2.5, [])
+    assert not v.passed and "cpu 1 took 2 NMIs" in v.reason
+    # a detector that sends no NMI (buddy): rate 0, nothing to starve
+    assert verdicts.untouched(before, before, [2], [0, 1], 6, 0.0, []).passed
+
+
+def test_nmi_counts_reads_only_the_online_cpus_columns():
+    text = ("           CPU0       CPU1       CPU3       \n"
+            " NMI:          7          8          9   Non-maskable interrupts\n")
+    assert verdicts.nmi_counts(text) == {0: 7, 1: 8, 3: 9}
+    assert verdicts.nmi_counts("") == {}
+
+
+def test_unbooted_fails_on_a_reset_a_wrong_mask_or_an_unreported_lockup():
+    ok = {1: (True, "cpu 1 reported after 3.0 s")}
+    assert verdicts.unbooted(4, [0, 1], [0, 1], 1, [], ok).passed
+    assert "reset" in verdicts.unbooted(4, [0, 1], [0, 1], 2, [], ok).reason
+    assert "monitors cpus [0]" in verdicts.unbooted(4, [0, 1], [0], 1, [], ok).reason
+    v = verdicts.unbooted(4, [0, 1], [0, 1], 1, [], {1: (False, "got none")})
+    assert not v.passed and "cpu 1: got none" in v.reason
+
+
+def test_hpet_users_fails_when_the_detectors_channel_is_handed_out():
+    out = "hpet: handed out 2 3 (then: Device or resource busy)\nhpet: channel 2 irqs 64\n" \
+          "rtc: updates 2\n"
+    v = verdicts.hpet_users(out, 2, 64, 10, 5, [])
+    assert not v.passed and "channel 2, the detector's" in v.reason
+    assert verdicts.hpet_users(out.replace("out 2 3", "out 3"), 2, 64, 10, 5, []).passed
+    assert not verdicts.hpet_users(out.replace("updates 2", "updates 0"), 1, 64, 10, 5,
+                                   []).passed
