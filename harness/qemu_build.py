@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import select
 import shutil
 import subprocess
@@ -73,6 +74,7 @@ FEATURES = {
     "cfi": "GCMD.CFI honoured: compatibility-format interrupts blocked and recorded",
     "hpet-scope": "intel-iommu hpet-scope=on|off (the HPET in the DMAR table or not)",
     "strict-comparator": "hpet strict-comparator=on (a past comparator never fires)",
+    "hpet-route-reset": "a reset (as on S3 resume) clears each HPET timer's FSB route",
 }
 HPET_SOURCE_ID = 0xff78          # bus 0xff, device 0x0f, function 0 (patch 0001)
 
@@ -456,6 +458,33 @@ def past_comparator_fires(binary: str | Path, strict: bool | None) -> dict:
                 "future_fired": bool(status & 2)}
 
 
+def fsb_route_after_reset(binary: str | Path) -> int:
+    """HPET timer 0's FSB route after QMP system_reset, which QEMU's S3
+    wakeup goes through too: 0 on hardware, where the HPET loses power."""
+    sock = f"hld-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    with QTest(binary, ["-global", "hpet.msi=on", "-chardev",
+                        f"socket,id=qmp0,path={sock},abstract=on,server=on,wait=off",
+                        "-mon", "chardev=qmp0,mode=control"]) as t:
+        route = HPET + 0x100 + 0x10
+        t.write("q", route, (0xfee00000 << 32) | 0x30)
+        if t.read("q", route) != (0xfee00000 << 32) | 0x30:
+            raise HarnessError("qtest: the HPET's FSB route did not take the value written")
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+        qmp = QEMUMonitorProtocol("\0" + sock)
+        try:
+            qmp.connect()
+            qmp.cmd("system_reset")
+        finally:
+            qmp.close()
+        # The reset is done by the main loop, after the command returns.
+        deadline = time.monotonic() + 5
+        while True:
+            value = t.read("q", route)
+            if value == 0 or time.monotonic() >= deadline:
+                return value
+            t.step(1_000_000)
+
+
 def probe_features(binary: str | Path) -> tuple[str, ...]:
     """Each patched feature, probed for real."""
     binary = str(binary)
@@ -467,6 +496,8 @@ def probe_features(binary: str | Path) -> tuple[str, ...]:
         fsts, reason, sid = fsb_fault(binary, remappable=False)
         if reason == 0x25:
             found.append("cfi")
+        if fsb_route_after_reset(binary) == 0:
+            found.append("hpet-route-reset")
     except HarnessError as e:
         _log(f"qemu: probe of {binary} under qtest failed: {e}")
     if "hpet-scope" in _device_props(binary, "intel-iommu"):

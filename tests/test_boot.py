@@ -45,6 +45,9 @@ def test_boot_lock_qmp_and_quit(session, built):
     child.sendline("hld-nmi 3 101; echo status=$?")
     child.expect("hld-nmi: refused 'nmi 3 101'", timeout=60)
     child.expect("status=1")
+    child.sendline("hld-nmi 7; echo status=$?")       # no CPU 7 in a 4-CPU guest
+    child.expect("hld-nmi: refused 'nmi 7 1'", timeout=60)
+    child.expect("status=1")
     res = subprocess.run([sys.executable, "-m", "harness", "qmp", "--guest", workdir,
                           "cpus"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
