@@ -80,9 +80,10 @@ def cmd_probe_accel(args) -> int:
     return 0
 
 
-AXIS_FLAGS = ("cpus", "sockets", "threads", "maxcpus", "memory", "iommu", "hpet",
-              "hpet_msi", "hpet_timers", "thresh", "panic", "nmi_watchdog", "cmdline")
-SELECT_FLAGS = ("detector", "cpus", "iommu", "scenario", "case")
+AXIS_FLAGS = ("cpus", "sockets", "threads", "maxcpus", "memory", "iommu", "apic",
+              "comparator", "hpet", "hpet_msi", "hpet_timers", "thresh", "panic",
+              "nmi_watchdog", "cmdline")
+SELECT_FLAGS = ("detector", "cpus", "iommu", "apic", "comparator", "scenario", "case")
 OUTPUTS = ("cases", "guests", "cases.json", "results.json", "report.html",
            "report.ktap", "junit.xml", "pytest.log")
 
@@ -90,7 +91,9 @@ OUTPUTS = ("cases", "guests", "cases.json", "results.json", "report.html",
 def _axis_values(key: str, text: str) -> list:
     """'1,2,4' -> [1, 2, 4]; 'on,off' -> [True, False]; for --cmdline the
     whole text is one value."""
-    from harness.matrix import AXES
+    from harness.matrix import AXES, NAMED_AXES, named_value
+    if key in NAMED_AXES:          # names: one error line for an unknown one
+        return [named_value(key, v) for v in text.split(",")]
     kind = AXES[key][1]
     parts = [text] if key == "cmdline" else text.split(",")
     out = []
@@ -118,13 +121,16 @@ def select_cases(args) -> list:
         if extra:
             raise HarnessError(f"--{extra[0].replace('_', '-')} cannot be used with "
                                f"--matrix; select with --detector --cpus --iommu "
-                               f"--scenario --case")
+                               f"--apic --comparator --scenario --case")
         cases = matrix.load(Path(args.matrix))
         split = lambda v: v.split(",") if v else None  # noqa: E731
         cases = matrix.select(
             cases, detectors=split(args.detector),
             cpus=_axis_values("cpus", args.cpus) if args.cpus else None,
             iommu=_axis_values("iommu", args.iommu) if args.iommu else None,
+            apic=_axis_values("apic", args.apic) if args.apic else None,
+            comparator=_axis_values("comparator", args.comparator)
+            if args.comparator else None,
             scenarios=[s.split("@")[0] for s in split(args.scenario)]
             if args.scenario else None,
             ids=split(args.case))
@@ -457,7 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--case", help="case ids from the matrix file, comma separated")
     s.add_argument("--detector", help="hpet, buddy (comma separated)")
     s.add_argument("--cpus", help="vCPU counts, e.g. 1,2,4")
-    s.add_argument("--iommu", help="on, off or on,off")
+    s.add_argument("--iommu", help="off, described (the HPET in the DMAR; on: the "
+                   "same) or undescribed, comma separated")
+    s.add_argument("--apic", help="xapic, x2apic (comma separated)")
+    s.add_argument("--comparator", help="qemu (a past comparator fires at once), "
+                   "hardware (it never fires: hpet.strict-comparator=on)")
     for flag, help_ in (("sockets", "sockets"), ("threads", "threads per core"),
                         ("maxcpus", "CPU slots, for hot-adding CPUs over QMP"),
                         ("memory", "MiB"), ("hpet", "on|off"), ("hpet-msi", "on|off"),

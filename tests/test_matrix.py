@@ -70,7 +70,10 @@ def test_reproduce_command_names_every_non_default_axis():
 
 @pytest.mark.parametrize("kw, needle", [
     ({"cpus": [True]}, "cpus = True: expected int"),
-    ({"iommu": "yes"}, "iommu = 'yes': expected bool"),
+    ({"iommu": "yes"}, "unknown iommu value 'yes'; known: off, described, undescribed"),
+    ({"apic": "x3apic"}, "unknown apic value 'x3apic'; known: xapic, x2apic"),
+    ({"comparator": "strict"}, "unknown comparator value 'strict'; known: qemu, hardware"),
+    ({"iommu": 1}, "unknown iommu value 1"),
     ({"cpus": []}, "cpus is an empty list"),
     ({"cpu": 2}, "unknown key 'cpu'"),
     ({"scenarios": []}, "needs a non-empty list 'scenarios'"),
