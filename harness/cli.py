@@ -171,6 +171,19 @@ def default_jobs() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def resolve_run_qemu() -> str:
+    """The QEMU a run's guests use: QEMU=/path as given (any QEMU >= 7.2;
+    cases needing what it lacks are skipped by name), else the patched
+    build (cached by the hash of its inputs; built now if missing, with
+    every patched feature checked)."""
+    explicit = os.environ.get("QEMU")
+    if explicit:
+        import shutil
+        return shutil.which(explicit) or explicit
+    from harness import qemu_build
+    return str(qemu_build.build_qemu().binary)
+
+
 class BuildFailed(HarnessError):
     """With --bisect: the kernel (or our modules against it) does not build,
     which `git bisect run` takes as "skip this commit"."""
@@ -184,13 +197,14 @@ def cmd_run(args) -> int:
     import subprocess
     from harness import bench, report
     from harness.paths import REPO
-    from harness.qemu import check_qemu, die_with_parent
+    from harness.qemu import check_qemu, describe_qemu, die_with_parent
     cases = select_cases(args)
     detectors = sorted({c.detector for c in cases})
     if args.bisect:                      # a tree that is no kernel is bad input
         for d in detectors:
             kbuild.kernel_key(kbuild.KERNEL_OF.get(d, d), os.environ.get("KERNEL_SRC"))
-    check_qemu()
+    if os.environ.get("QEMU"):           # bad input before any work
+        check_qemu(resolve_run_qemu())
     out = Path(args.out).resolve()
     jobs = args.jobs or default_jobs()
     # Before anything else: how many cases and how long, from the previous
@@ -209,12 +223,16 @@ def cmd_run(args) -> int:
                 raise
             raise BuildFailed(f"the {d} kernel does not build (exit 125, "
                               f"git bisect: skip): {e}") from None
+    qemu = resolve_run_qemu()            # the patched build, cached, after the kernels
+    check_qemu(qemu)
+    print(f"harness: QEMU {describe_qemu(qemu)}", file=sys.stderr, flush=True)
     (out / "cases.json").write_text(json.dumps([c.to_dict() for c in cases], indent=1))
     argv = [sys.executable, "-m", "pytest", "tests/test_scenarios.py", "-v",
             "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}"]
     if jobs > 1:
         argv += ["-n", str(jobs), "--dist", "loadgroup"]
-    env = dict(os.environ, HARNESS_CASES=str(out / "cases.json"), HARNESS_OUT=str(out),
+    env = dict(os.environ, QEMU=qemu, HARNESS_CASES=str(out / "cases.json"),
+               HARNESS_OUT=str(out),
                HARNESS_RETRIES=str(args.retries), HARNESS_DETECTORS=",".join(detectors),
                HARNESS_MATRIX=args.matrix or "command line",
                HARNESS_COMMAND="python -m harness run " + " ".join(sys.argv[2:]))
@@ -235,6 +253,9 @@ def cmd_run(args) -> int:
     print(f"harness: {', '.join(f'{n} {o}' for o, n in counts.items())} in "
           f"{summary['meta']['wall_s'] / 60:.1f} min; report {out / 'report.html'}",
           file=sys.stderr)
+    for c in summary["cases"]:
+        if c["outcome"] == "skip":
+            print(f"harness: SKIP {c['id']}: {c['reason']}", file=sys.stderr)
     for c in summary["cases"]:
         if c["outcome"] in ("fail", "error"):
             tail = "\n".join(c.get("console_tail", "").splitlines()[-25:])
@@ -295,9 +316,9 @@ def boot_spec(args):
 
 def cmd_boot(args) -> int:
     from harness import accel, elfcheck, interactive
-    from harness.qemu import Guest, check_qemu
+    from harness.qemu import Guest, check_qemu, default_qemu
     spec = boot_spec(args)
-    check_qemu()
+    check_qemu(default_qemu())
     image = Path(args.kernel) if args.kernel else None
     if image is not None and not image.is_file():
         raise HarnessError(f"kernel image {image} does not exist")

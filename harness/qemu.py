@@ -107,6 +107,15 @@ def check_machine_qemu(spec: MachineSpec, accel: str, qemu: str,
         raise HarnessError(why)
 
 
+@functools.lru_cache(maxsize=None)
+def describe_qemu(qemu: str) -> str:
+    """'path (QEMU x.y.z, qemu/patches: features)' for reports."""
+    from harness import qemu_build
+    q = qemu_build.check(qemu)
+    patched = ", ".join(q.features) or "none"
+    return f"{q.binary} (QEMU {'.'.join(map(str, q.version))}; qemu/patches features: {patched})"
+
+
 def default_qemu() -> str:
     """The QEMU guests run on: QEMU=/path if set (`harness run` sets it to
     what it resolved, for its workers), else the patched build (cached;

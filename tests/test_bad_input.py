@@ -113,7 +113,7 @@ def test_qemu_too_old(tmp_path):
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'\n")
     fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    env = dict(os.environ, QEMU=str(fake))
     res = subprocess.run([sys.executable, "-m", "harness", "run", "--scenario", "boot",
                           "--out", str(tmp_path / "out")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
@@ -122,7 +122,7 @@ def test_qemu_too_old(tmp_path):
 
 
 def test_qemu_missing(tmp_path):
-    env = dict(os.environ, PATH=str(tmp_path))
+    env = dict(os.environ, QEMU=str(tmp_path / "qemu-system-x86_64"))
     res = subprocess.run([sys.executable, "-m", "harness", "run", "--scenario", "boot",
                           "--out", str(tmp_path / "out")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
