@@ -286,16 +286,32 @@ def cmd_bench(args) -> int:
     for path in (args.smoke_results, args.nightly_results):
         if path:
             bench.load_results(Path(path))
+    from harness import qemu_build
+    from harness.qemu import check_qemu, default_qemu
+    qemus = {}
+    for item in filter(None, args.qemu.split(",")):
+        label, _, binary = item.rpartition("=")
+        if item != "default" and not Path(binary).is_file():
+            raise HarnessError(f"--qemu {item}: {binary} does not exist")
+        binary = default_qemu() if item == "default" else binary
+        check_qemu(binary)
+        q = qemu_build.check(binary)
+        qemus[label or "qemu-" + ".".join(map(str, q.version))
+              + ("+patches" if q.features else "")] = binary
     kernel, initrd = prepare(args.detector)
     result = bench.run(args.detector, cpu_counts, args.boots, jobs, Path(args.out),
                        kernel, initrd, smoke=args.smoke,
                        smoke_results=args.smoke_results and Path(args.smoke_results),
-                       nightly_results=args.nightly_results and Path(args.nightly_results))
+                       nightly_results=args.nightly_results and Path(args.nightly_results),
+                       qemus=qemus)
     print(json.dumps(result, indent=1))
     if previous is not None:
         print(bench.side_by_side(previous, result, args.previous,
                                  str(Path(args.out) / "bench.json")))
     return 0
+
+
+STOCK_QEMU = "/usr/bin/qemu-system-x86_64"      # Debian's
 
 
 def boot_spec(args):
@@ -572,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the nightly tier's numbers from this finished run")
     s.add_argument("--no-smoke", dest="smoke", action="store_false",
                    help="do not run the smoke tier")
+    s.add_argument("--qemu", default=f"default,{STOCK_QEMU}" if Path(STOCK_QEMU).is_file()
+                   else "default",
+                   help="QEMUs to compare on the same boots and bench matrix, comma "
+                   "separated: default (QEMU= or the patched build) and [LABEL=]PATH "
+                   "(default: %(default)s)")
     s.add_argument("--out", default="out/bench")
     s.set_defaults(func=cmd_bench)
     return p

@@ -325,7 +325,7 @@ def irq_path(guest: Guest, detector: str) -> Result:
             return Result(name, label, False, f"{HLD_DEBUGFS} exists: a channel is taken", m)
         m["nmi_watchdog"] = guest.check("cat /proc/sys/kernel/nmi_watchdog").strip()
         fallback = re.search(r"NMI watchdog: .*", guest.console.text)
-        m["fallback"] = fallback.group(0) if fallback else None
+        m["fallback"] = fallback.group(0).strip() if fallback else None
         return Result(name, label, True, f"declined at probe: '{path.says}'; "
                       f"fallback: {m['fallback'] or 'none printed'}", m)
     on = _console_wait(guest, ENABLED_ON, 20)
