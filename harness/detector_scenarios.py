@@ -381,6 +381,11 @@ def irq_path(guest: Guest, detector: str) -> Result:
     if m["nmis"] or not m["restarts"]:
         return Result(name, label, False, f"debugfs: {m['nmis']} NMIs, {m['restarts']} "
                       "restarts (expected none, and at least one)", m)
+    # Given up (series v3, watchdog_hardlockup_lost()): nmi_watchdog says so.
+    m["nmi_watchdog"] = guest.check("cat /proc/sys/kernel/nmi_watchdog").strip()
+    if m["nmi_watchdog"] != "0":
+        return Result(name, label, False, f"the detector gave up but "
+                      f"/proc/sys/kernel/nmi_watchdog reads {m['nmi_watchdog']!r}, not '0'", m)
     # Nothing hangs, nothing is reported: the guest answers and prints no
     # lockup or other bad event (the expected faults aside) for 2 x thresh.
     bad = [e for e in since(guest, 0, BAD_KINDS + LOCKUP_KINDS)
