@@ -57,9 +57,12 @@ class HpetPath:
 
     def disable_bound_s(self, thresh: int) -> float:
         """From 'enabled' to 'disabled: no NMI': the process-context watch
-        restarts a silent channel twice, a watchdog_thresh apart, then gives
-        up: 3 x watchdog_thresh, plus a second for TCG."""
-        return 3.0 * thresh + 1.0
+        ticks every watchdog_thresh, not aligned with the enabling, so it
+        finds the channel silent for a period 1-2 periods after it; it
+        restarts the channel twice, a period apart, then gives up: at most
+        4 x watchdog_thresh, plus a second for TCG. Measured (thresh 2):
+        5.5-5.8 s, once 7.5 s (the first check 3.3 s after enabling)."""
+        return 4.0 * thresh + 1.0
 
 
 def hpet_path(spec) -> HpetPath:
