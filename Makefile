@@ -10,6 +10,11 @@ PYTEST_ARGS ?=
 MATRIX ?= matrix/nightly.toml
 SMOKE_MATRIX ?= matrix/smoke.toml
 JOBS ?= 0
+# QEMU=/path/to/qemu-system-x86_64: guests run on that binary (e.g. Debian's
+# 7.2: the cases needing what it lacks are skipped by name). Unset: the
+# patched QEMU (qemu/patches), built by `make qemu` and cached.
+QEMU ?=
+QEMU_DEP := $(if $(QEMU),,qemu)
 # Extra `harness run` arguments. Passed as data (split on spaces, never
 # evaluated by a shell): a workflow input can go in here safely.
 RUN_ARGS ?=
@@ -30,14 +35,16 @@ help:
 	@echo "make deps       install Debian packages (as root) and the Python venv"
 	@echo "make kernel     build (or reuse from cache) a guest kernel per detector [DETECTORS=$(DETECTORS)]"
 	@echo "make initramfs  build the guest initramfs for that kernel"
-	@echo "make qemu       build (or reuse from cache) QEMU 10.0.2 with qemu/patches, checked"
+	@echo "make qemu       build (or reuse from cache) QEMU 10.0.2 with qemu/patches, checked;"
+	@echo "                the default QEMU of test, nightly, boot, soak (QEMU=path: another one)"
 	@echo "make test       the fast tier: deps, kernel, unit and integration tests, then the"
 	@echo "                smoke matrix [$(SMOKE_MATRIX)] (every axis value and scenario once)"
 	@echo "make unit       only the tests that need no guest"
 	@echo "make smoke      only the smoke matrix, reports in $(OUT)/"
 	@echo "make nightly    the full matrix [MATRIX=$(MATRIX)] with reports in $(OUT)/, KTAP on"
 	@echo "                stdout; prints the case count and a time estimate first [ESTIMATE_FROM=]"
-	@echo "make boot       one guest, its console here (CPUS= SOCKETS= IOMMU=on HPET_MSI= THRESH="
+	@echo "make boot       one guest, its console here (CPUS= SOCKETS= IOMMU=described APIC=x2apic"
+	@echo "                COMPARATOR=hardware HPET_MSI= THRESH="
 	@echo "                CMDLINE= KERNEL=bzImage GDB=port DETECTOR= SSH=1 MAXCPUS=); Ctrl-] quits"
 	@echo "make soak       idle guests for DURATION=1800 s each: any report is a false positive"
 	@echo "make bench      build times, boot time per vCPU count, cases per minute (bench matrix,"
@@ -46,7 +53,8 @@ help:
 	@echo "make test-kernel  KERNEL_SRC=tree: build it, run a few HPET hard lockup cases; for"
 	@echo "                git bisect run use ./test-kernel (exit 125 = skip a tree that won't build)"
 	@echo "make repeat     the matrix RUNS=5 times, then which verdicts differ between runs"
-	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), DETECTORS, OUT, PYTEST_ARGS,"
+	@echo "Variables: KERNEL_SRC=/path/to/tree (your own kernel tree), QEMU=/path/to/qemu-system-x86_64"
+	@echo "           (default: the patched build), DETECTORS, OUT, PYTEST_ARGS,"
 	@echo "           MATRIX, JOBS (guests at once), RUN_ARGS (e.g. --cpus 1,2 --scenario hard-lockup)"
 
 deps: $(PY)
@@ -79,37 +87,38 @@ unit: deps
 # The fast tier: the tests that are not matrix cases, then the smoke matrix
 # (a sample of the nightly one: every axis value, every scenario family)
 # through the same runner as `make nightly` (its reports in $(OUT)/).
-test: kernel
+test: kernel $(QEMU_DEP)
 	HARNESS_DETECTORS=$(DETECTORS) HARNESS_OUT=$(OUT) $(PY) -m pytest -v tests \
 		--ignore=tests/test_scenarios.py --junitxml=$(OUT)/junit-tests.xml $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory smoke
 
-smoke: kernel
+smoke: kernel $(QEMU_DEP)
 	@set -f; set -x; $(PY) -m harness run --matrix $(SMOKE_MATRIX) --detector $(DETECTORS) \
 		--out $(OUT) --jobs $(JOBS) $$RUN_ARGS
 
 # The full matrix through the runner: KTAP on stdout, HTML/JUnit/JSON
 # reports and every case's artifacts in $(OUT)/. JOBS=0: half the cores.
-nightly: kernel
+nightly: kernel $(QEMU_DEP)
 	@set -f; set -x; $(PY) -m harness run --matrix $(MATRIX) --detector $(DETECTORS) \
 		--out $(OUT) --jobs $(JOBS) $(if $(ESTIMATE_FROM),--estimate-from $(ESTIMATE_FROM)) \
 		$$RUN_ARGS
 
 # A guest for a person: its console on this terminal, Ctrl-] quits.
-boot: kernel
+boot: kernel $(QEMU_DEP)
 	$(PY) -m harness boot $(if $(DETECTOR),--detector $(DETECTOR)) \
 		$(if $(CPUS),--cpus $(CPUS)) $(if $(SOCKETS),--sockets $(SOCKETS)) \
 		$(if $(IOMMU),--iommu $(IOMMU)) $(if $(HPET_MSI),--hpet-msi $(HPET_MSI)) \
 		$(if $(THRESH),--thresh $(THRESH)) $(if $(CMDLINE),--cmdline "$(CMDLINE)") \
 		$(if $(KERNEL),--kernel $(KERNEL)) $(if $(GDB),--gdb $(GDB)) \
-		$(if $(MAXCPUS),--maxcpus $(MAXCPUS)) $(if $(filter 1 yes on,$(SSH)),--ssh)
+		$(if $(MAXCPUS),--maxcpus $(MAXCPUS)) $(if $(filter 1 yes on,$(SSH)),--ssh) \
+		$(if $(APIC),--apic $(APIC)) $(if $(COMPARATOR),--comparator $(COMPARATOR))
 
 # False positives: idle guests with a small watchdog_thresh for DURATION
 # seconds each; any lockup report, unknown NMI or RCU stall fails its case.
 # Never retried: a false positive is not a flake.
 DURATION ?= 1800
 SOAK_ARGS ?= --detector hpet,buddy --cpus 2,4,8 --iommu off,on --thresh 1
-soak: kernel
+soak: kernel $(QEMU_DEP)
 	HARNESS_SOAK_SECONDS=$(DURATION) $(PY) -m harness run --scenario soak $(SOAK_ARGS) \
 		--retries 0 --out $(OUT)/soak --jobs $(JOBS)
 
@@ -120,7 +129,7 @@ PREVIOUS ?=
 SMOKE_RESULTS ?=
 NIGHTLY_RESULTS ?=
 BENCH_ARGS ?=
-bench: kernel
+bench: kernel qemu
 	$(PY) -m harness bench --out $(OUT)/bench $(if $(PREVIOUS),--previous $(PREVIOUS)) \
 		$(if $(SMOKE_RESULTS),--smoke-results $(SMOKE_RESULTS)) \
 		$(if $(NIGHTLY_RESULTS),--nightly-results $(NIGHTLY_RESULTS)) $(BENCH_ARGS)

@@ -43,16 +43,18 @@ def _stats(values: list[float]) -> dict:
 
 
 def boot_times(detector: str, cpu_counts: list[int], boots: int, out: Path,
-               kernel, initrd) -> dict:
+               kernel, initrd, qemu: str | None = None) -> dict:
     """Host seconds from QEMU start to the agent's banner, and to a settled
-    clocksource; guest seconds to /init from the kernel's timestamps."""
+    clocksource; guest seconds to /init from the kernel's timestamps.
+    qemu: the binary (default: qemu.default_qemu())."""
     accel = accel_mod.choose_accel(kernel.bzimage, initrd)
     rows = {}
     for cpus in cpu_counts:
         spec = MachineSpec(cpus=cpus, **expectations.machine_defaults(detector))
         agent, settled, init = [], [], []
         for i in range(boots):
-            with Guest(spec, kernel.bzimage, initrd, out / f"boot-{cpus}cpu-{i}", accel) as g:
+            with Guest(spec, kernel.bzimage, initrd, out / f"boot-{cpus}cpu-{i}", accel,
+                       qemu=qemu) as g:
                 agent.append(g.wait_booted())
                 settled.append(agent[-1] + g.settle_seconds)
                 done = g.console.events("boot_complete")
@@ -66,22 +68,26 @@ def boot_times(detector: str, cpu_counts: list[int], boots: int, out: Path,
     return {"accel": accel, "by_cpus": rows}
 
 
-def _harness_run(matrix: Path, jobs: int, out: Path, detectors: str | None = None) -> float:
-    """`harness run` a matrix file; its wall time. Its results are in out/."""
+def _harness_run(matrix: Path, jobs: int, out: Path, detectors: str | None = None,
+                 qemu: str | None = None) -> float:
+    """`harness run` a matrix file (on `qemu` if given); its wall time. Its
+    results are in out/."""
     argv = [sys.executable, "-m", "harness", "run", "--matrix", str(matrix),
             "--jobs", str(jobs), "--retries", "0", "--no-progress", "--out", str(out)]
     if detectors:
         argv += ["--detector", detectors]
+    env = dict(os.environ, **({"QEMU": qemu} if qemu else {}))
     t0 = time.monotonic()
-    subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, env=env,
+                   preexec_fn=die_with_parent)
     if not (out / "results.json").is_file():
         raise HarnessError(f"bench: the run of {matrix} left no results (see {out / 'pytest.log'})")
     return time.monotonic() - t0
 
 
-def matrix_run(jobs: int, out: Path) -> dict:
+def matrix_run(jobs: int, out: Path, qemu: str | None = None) -> dict:
     """Run the bench matrix through `harness run`; summarise its results."""
-    wall = _harness_run(BENCH_MATRIX, jobs, out)
+    wall = _harness_run(BENCH_MATRIX, jobs, out, qemu=qemu)
     cases = json.loads((out / "results.json").read_text())["cases"]
     latencies = [c["measurements"]["latency_s"] for c in cases
                  if c["scenario"] == "hard-lockup" and "latency_s" in c["measurements"]]
@@ -188,12 +194,57 @@ def write_json(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
+def qemu_bench(qemu: str, detector: str, cpu_counts: list[int], boots: int,
+               jobs: list[int], out: Path, kernel, initrd) -> dict:
+    """Boot times and the bench matrix on one QEMU binary."""
+    from harness.qemu import describe_qemu, version_of
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"bench: QEMU {describe_qemu(qemu)}", file=sys.stderr, flush=True)
+    return {"binary": qemu, "version": ".".join(map(str, version_of(qemu))),
+            "describe": describe_qemu(qemu),
+            "boot": boot_times(detector, cpu_counts, boots, out / "boots", kernel, initrd,
+                               qemu),
+            "matrix": [matrix_run(j, out / f"matrix-jobs{j}", qemu) for j in jobs]}
+
+
+def qemu_table(rows: dict) -> str:
+    """The QEMUs side by side on the same cases: boot to agent per vCPU
+    count, cases per minute and hard lockup latency of the bench matrix."""
+    names = list(rows)
+    lines = ["metric".ljust(30) + "".join(f"{n:>16}" for n in names)]
+
+    def line(label, get):
+        vals = []
+        for n in names:
+            try:
+                v = get(rows[n])
+            except (KeyError, IndexError, TypeError):
+                v = None
+            vals.append("-" if v is None else f"{v:g}")
+        lines.append(label.ljust(30) + "".join(f"{v:>16}" for v in vals))
+    cpus = list(next(iter(rows.values()))["boot"]["by_cpus"])
+    for c in cpus:
+        line(f"boot to agent, {c} vCPUs (s)",
+             lambda r, c=c: r["boot"]["by_cpus"][c]["to_agent_s"]["median"])
+    for i, m in enumerate(next(iter(rows.values()))["matrix"]):
+        j = m["jobs"]
+        line(f"bench matrix jobs={j}: cases/min", lambda r, i=i: r["matrix"][i]["cases_per_min"])
+        line(f"  passed of {m['cases']}", lambda r, i=i: r["matrix"][i]["passed"])
+        line("  hard lockup latency (s)",
+             lambda r, i=i: r["matrix"][i]["hard_lockup_latency_s"]["median"])
+    return "\n".join(lines)
+
+
 def run(detector: str, cpu_counts: list[int], boots: int, jobs: list[int],
         out: Path, kernel, initrd, smoke: bool = True,
-        smoke_results: Path | None = None, nightly_results: Path | None = None) -> dict:
+        smoke_results: Path | None = None, nightly_results: Path | None = None,
+        qemus: dict | None = None) -> dict:
     """Every benchmark; bench.json in `out`. The smoke tier is run here
     unless its results are given (or smoke is False); the nightly tier's
-    numbers come from a finished run's results.json only."""
+    numbers come from a finished run's results.json only. qemus: label ->
+    binary; the first is the default QEMU (its boot and matrix numbers are
+    also the top-level "boot" and "matrix"), the others run the same boots
+    and the same bench matrix, for the side-by-side table (bench.txt)."""
     out.mkdir(parents=True, exist_ok=True)
     given = {name: load_results(p) for name, p in (("smoke", smoke_results),
                                                    ("nightly", nightly_results)) if p}
@@ -201,9 +252,22 @@ def run(detector: str, cpu_counts: list[int], boots: int, jobs: list[int],
                        "commit": _git_commit(), "host_cpus": os.cpu_count()},
               "detector": detector,
               "build": build_times(os.environ.get("KERNEL_SRC")),
-              "boot": boot_times(detector, cpu_counts, boots, out / "boots", kernel, initrd),
-              "matrix": [matrix_run(j, out / f"matrix-jobs{j}") for j in jobs],
               "tiers": {}}
+    qemus = qemus or {"default": None}     # None: qemu.default_qemu()
+    result["qemu"] = {}
+    for i, (label, binary) in enumerate(qemus.items()):
+        if binary is None:
+            from harness.qemu import default_qemu
+            binary = default_qemu()
+        row = qemu_bench(binary, detector, cpu_counts, boots, jobs,
+                         out / (f"qemu-{label}" if i else "."), kernel, initrd)
+        result["qemu"][label] = row
+        if i == 0:
+            result["boot"], result["matrix"] = row["boot"], row["matrix"]
+    if len(qemus) > 1:
+        table = qemu_table(result["qemu"])
+        (out / "bench.txt").write_text(table + "\n")
+        print(table, file=sys.stderr, flush=True)
     if "smoke" not in given and smoke:
         _harness_run(SMOKE_MATRIX, 1, out / "smoke")
         given["smoke"] = load_results(out / "smoke" / "results.json")

@@ -14,7 +14,7 @@ from pathlib import Path
 from harness import catalog, initramfs
 from harness.errors import GuestError
 from harness.matrix import Case
-from harness.qemu import Guest
+from harness.qemu import Guest, default_qemu, describe_qemu, machine_lacks
 from harness.scenarios import mark
 
 
@@ -25,6 +25,14 @@ class GuestPool:
         self.key: str | None = None
         self.boots = 0
         self._built: dict = {}
+        self._qemu: str | None = None
+
+    @property
+    def qemu(self) -> str:
+        """The QEMU binary every guest of this pool runs on (default_qemu)."""
+        if self._qemu is None:
+            self._qemu = default_qemu()
+        return self._qemu
 
     def build(self, detector: str):
         """The kernel and initramfs for a detector, built once per process."""
@@ -46,7 +54,7 @@ class GuestPool:
         self.boots += 1
         # The pid keeps parallel workers' guest directories apart.
         workdir = self.out / "guests" / f"{detector}-{spec.label()}-{os.getpid()}-boot{self.boots}"
-        g = Guest(spec, kernel.bzimage, initrd, workdir, self.accel).start()
+        g = Guest(spec, kernel.bzimage, initrd, workdir, self.accel, qemu=self.qemu).start()
         self.guest, self.key = g, key
         g.wait_booted()
         return g
@@ -94,13 +102,19 @@ def run_case(case: Case, pool: GuestPool, retries: int = 0) -> dict:
     case_dir = pool.out / "cases" / case.slug
     case_dir.mkdir(parents=True, exist_ok=True)
     attempts, measurements = [], {}
-    for n in range(1, retries + 2):
+    lacks = machine_lacks(case.spec, pool.accel, pool.qemu)
+    if lacks:               # skipped by name, with what the QEMU lacks
+        attempts.append({"passed": True, "skipped": True, "duration_s": 0.0,
+                         "reason": f"skipped: {lacks}"})
+    for n in range(1, 0 if lacks else retries + 2):
         attempt, measurements = _attempt(case, pool, case_dir, n)
         attempts.append(attempt)
         if attempt["passed"]:
             break
     last = attempts[-1]
-    if last["passed"]:
+    if last.get("skipped"):
+        outcome = "skip"
+    elif last["passed"]:
         outcome = "flake" if len(attempts) > 1 else "pass"
     else:
         outcome = "error" if last.get("error") else "fail"
@@ -111,8 +125,9 @@ def run_case(case: Case, pool: GuestPool, retries: int = 0) -> dict:
               "duration_s": round(sum(a["duration_s"] for a in attempts), 2),
               "measurements": measurements, "reproduce": case.reproduce(),
               "accel": pool.accel, "kernel": pool.kernel_id(case.detector),
+              "qemu": describe_qemu(pool.qemu),
               "artifacts": os.path.relpath(case_dir, pool.out)}
-    if outcome != "pass":
+    if outcome not in ("pass", "skip"):
         record["console_tail"] = next((a["console_tail"] for a in reversed(attempts)
                                        if "console_tail" in a), "")
     (case_dir / "case.json").write_text(json.dumps(record, indent=1, default=str))

@@ -32,6 +32,9 @@ SCENARIOS = {
     "runtime-changes": lambda g, d, cpu: ds.runtime_changes(g, d),
     "handling-cpu-hotplug": lambda g, d, cpu: ds.handling_cpu_hotplug(g, d),
     "declines": lambda g, d, cpu: ds.declines(g, d),
+    # The HPET detector's interrupt path on this APIC x IOMMU x comparator
+    # machine (expectations.PATHS), checked in the guest.
+    "irq-path": lambda g, d, cpu: ds.irq_path(g, d),
     "sysrq-backtrace": lambda g, d, cpu: ds.sysrq_backtrace(g, d),
     # What must not happen: no report below watchdog_thresh, no NMI taken
     # from its owner or from the unknown NMI path.

@@ -80,9 +80,10 @@ def cmd_probe_accel(args) -> int:
     return 0
 
 
-AXIS_FLAGS = ("cpus", "sockets", "threads", "maxcpus", "memory", "iommu", "hpet",
-              "hpet_msi", "hpet_timers", "thresh", "panic", "nmi_watchdog", "cmdline")
-SELECT_FLAGS = ("detector", "cpus", "iommu", "scenario", "case")
+AXIS_FLAGS = ("cpus", "sockets", "threads", "maxcpus", "memory", "iommu", "apic",
+              "comparator", "hpet", "hpet_msi", "hpet_timers", "thresh", "panic",
+              "nmi_watchdog", "cmdline")
+SELECT_FLAGS = ("detector", "cpus", "iommu", "apic", "comparator", "scenario", "case")
 OUTPUTS = ("cases", "guests", "cases.json", "results.json", "report.html",
            "report.ktap", "junit.xml", "pytest.log")
 
@@ -90,7 +91,9 @@ OUTPUTS = ("cases", "guests", "cases.json", "results.json", "report.html",
 def _axis_values(key: str, text: str) -> list:
     """'1,2,4' -> [1, 2, 4]; 'on,off' -> [True, False]; for --cmdline the
     whole text is one value."""
-    from harness.matrix import AXES
+    from harness.matrix import AXES, NAMED_AXES, named_value
+    if key in NAMED_AXES:          # names: one error line for an unknown one
+        return [named_value(key, v) for v in text.split(",")]
     kind = AXES[key][1]
     parts = [text] if key == "cmdline" else text.split(",")
     out = []
@@ -118,13 +121,16 @@ def select_cases(args) -> list:
         if extra:
             raise HarnessError(f"--{extra[0].replace('_', '-')} cannot be used with "
                                f"--matrix; select with --detector --cpus --iommu "
-                               f"--scenario --case")
+                               f"--apic --comparator --scenario --case")
         cases = matrix.load(Path(args.matrix))
         split = lambda v: v.split(",") if v else None  # noqa: E731
         cases = matrix.select(
             cases, detectors=split(args.detector),
             cpus=_axis_values("cpus", args.cpus) if args.cpus else None,
             iommu=_axis_values("iommu", args.iommu) if args.iommu else None,
+            apic=_axis_values("apic", args.apic) if args.apic else None,
+            comparator=_axis_values("comparator", args.comparator)
+            if args.comparator else None,
             scenarios=[s.split("@")[0] for s in split(args.scenario)]
             if args.scenario else None,
             ids=split(args.case))
@@ -165,6 +171,19 @@ def default_jobs() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def resolve_run_qemu() -> str:
+    """The QEMU a run's guests use: QEMU=/path as given (any QEMU >= 7.2;
+    cases needing what it lacks are skipped by name), else the patched
+    build (cached by the hash of its inputs; built now if missing, with
+    every patched feature checked)."""
+    explicit = os.environ.get("QEMU")
+    if explicit:
+        import shutil
+        return shutil.which(explicit) or explicit
+    from harness import qemu_build
+    return str(qemu_build.build_qemu().binary)
+
+
 class BuildFailed(HarnessError):
     """With --bisect: the kernel (or our modules against it) does not build,
     which `git bisect run` takes as "skip this commit"."""
@@ -178,13 +197,14 @@ def cmd_run(args) -> int:
     import subprocess
     from harness import bench, report
     from harness.paths import REPO
-    from harness.qemu import check_qemu, die_with_parent
+    from harness.qemu import check_qemu, describe_qemu, die_with_parent
     cases = select_cases(args)
     detectors = sorted({c.detector for c in cases})
     if args.bisect:                      # a tree that is no kernel is bad input
         for d in detectors:
             kbuild.kernel_key(kbuild.KERNEL_OF.get(d, d), os.environ.get("KERNEL_SRC"))
-    check_qemu()
+    if os.environ.get("QEMU"):           # bad input before any work
+        check_qemu(resolve_run_qemu())
     out = Path(args.out).resolve()
     jobs = args.jobs or default_jobs()
     # Before anything else: how many cases and how long, from the previous
@@ -203,12 +223,16 @@ def cmd_run(args) -> int:
                 raise
             raise BuildFailed(f"the {d} kernel does not build (exit 125, "
                               f"git bisect: skip): {e}") from None
+    qemu = resolve_run_qemu()            # the patched build, cached, after the kernels
+    check_qemu(qemu)
+    print(f"harness: QEMU {describe_qemu(qemu)}", file=sys.stderr, flush=True)
     (out / "cases.json").write_text(json.dumps([c.to_dict() for c in cases], indent=1))
     argv = [sys.executable, "-m", "pytest", "tests/test_scenarios.py", "-v",
             "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}"]
     if jobs > 1:
         argv += ["-n", str(jobs), "--dist", "loadgroup"]
-    env = dict(os.environ, HARNESS_CASES=str(out / "cases.json"), HARNESS_OUT=str(out),
+    env = dict(os.environ, QEMU=qemu, HARNESS_CASES=str(out / "cases.json"),
+               HARNESS_OUT=str(out),
                HARNESS_RETRIES=str(args.retries), HARNESS_DETECTORS=",".join(detectors),
                HARNESS_MATRIX=args.matrix or "command line",
                HARNESS_COMMAND="python -m harness run " + " ".join(sys.argv[2:]))
@@ -229,6 +253,9 @@ def cmd_run(args) -> int:
     print(f"harness: {', '.join(f'{n} {o}' for o, n in counts.items())} in "
           f"{summary['meta']['wall_s'] / 60:.1f} min; report {out / 'report.html'}",
           file=sys.stderr)
+    for c in summary["cases"]:
+        if c["outcome"] == "skip":
+            print(f"harness: SKIP {c['id']}: {c['reason']}", file=sys.stderr)
     for c in summary["cases"]:
         if c["outcome"] in ("fail", "error"):
             tail = "\n".join(c.get("console_tail", "").splitlines()[-25:])
@@ -259,16 +286,32 @@ def cmd_bench(args) -> int:
     for path in (args.smoke_results, args.nightly_results):
         if path:
             bench.load_results(Path(path))
+    from harness import qemu_build
+    from harness.qemu import check_qemu, default_qemu
+    qemus = {}
+    for item in filter(None, args.qemu.split(",")):
+        label, _, binary = item.rpartition("=")
+        if item != "default" and not Path(binary).is_file():
+            raise HarnessError(f"--qemu {item}: {binary} does not exist")
+        binary = default_qemu() if item == "default" else binary
+        check_qemu(binary)
+        q = qemu_build.check(binary)
+        qemus[label or "qemu-" + ".".join(map(str, q.version))
+              + ("+patches" if q.features else "")] = binary
     kernel, initrd = prepare(args.detector)
     result = bench.run(args.detector, cpu_counts, args.boots, jobs, Path(args.out),
                        kernel, initrd, smoke=args.smoke,
                        smoke_results=args.smoke_results and Path(args.smoke_results),
-                       nightly_results=args.nightly_results and Path(args.nightly_results))
+                       nightly_results=args.nightly_results and Path(args.nightly_results),
+                       qemus=qemus)
     print(json.dumps(result, indent=1))
     if previous is not None:
         print(bench.side_by_side(previous, result, args.previous,
                                  str(Path(args.out) / "bench.json")))
     return 0
+
+
+STOCK_QEMU = "/usr/bin/qemu-system-x86_64"      # Debian's
 
 
 def boot_spec(args):
@@ -289,9 +332,9 @@ def boot_spec(args):
 
 def cmd_boot(args) -> int:
     from harness import accel, elfcheck, interactive
-    from harness.qemu import Guest, check_qemu
+    from harness.qemu import Guest, check_qemu, default_qemu
     spec = boot_spec(args)
-    check_qemu()
+    check_qemu(default_qemu())
     image = Path(args.kernel) if args.kernel else None
     if image is not None and not image.is_file():
         raise HarnessError(f"kernel image {image} does not exist")
@@ -457,7 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--case", help="case ids from the matrix file, comma separated")
     s.add_argument("--detector", help="hpet, buddy (comma separated)")
     s.add_argument("--cpus", help="vCPU counts, e.g. 1,2,4")
-    s.add_argument("--iommu", help="on, off or on,off")
+    s.add_argument("--iommu", help="off, described (the HPET in the DMAR; on: the "
+                   "same) or undescribed, comma separated")
+    s.add_argument("--apic", help="xapic, x2apic (comma separated)")
+    s.add_argument("--comparator", help="qemu (a past comparator fires at once), "
+                   "hardware (it never fires: hpet.strict-comparator=on)")
     for flag, help_ in (("sockets", "sockets"), ("threads", "threads per core"),
                         ("maxcpus", "CPU slots, for hot-adding CPUs over QMP"),
                         ("memory", "MiB"), ("hpet", "on|off"), ("hpet-msi", "on|off"),
@@ -541,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the nightly tier's numbers from this finished run")
     s.add_argument("--no-smoke", dest="smoke", action="store_false",
                    help="do not run the smoke tier")
+    s.add_argument("--qemu", default=f"default,{STOCK_QEMU}" if Path(STOCK_QEMU).is_file()
+                   else "default",
+                   help="QEMUs to compare on the same boots and bench matrix, comma "
+                   "separated: default (QEMU= or the patched build) and [LABEL=]PATH "
+                   "(default: %(default)s)")
     s.add_argument("--out", default="out/bench")
     s.set_defaults(func=cmd_bench)
     return p

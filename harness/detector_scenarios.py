@@ -38,7 +38,8 @@ def enabled(guest: Guest, detector: str) -> Result:
     name, label = "enabled", guest.spec.label()
     thresh = guest.spec.watchdog_thresh
     m: dict = {}
-    runs, why = expectations.detector_runs(detector, guest.console.text)
+    runs, why = expectations.detector_runs(detector, guest.console.text,
+                                              guest.spec)
     if not runs:
         return Result(name, label, True, f"{detector} detector off, as expected: {why}", m)
     if guest.check("cat /proc/sys/kernel/nmi_watchdog").strip() != "1":
@@ -80,7 +81,7 @@ def many_locked(guest: Guest, detector: str, cpus: list[int]) -> Result:
     name = "all-locked" if len(cpus) == n else f"{len(cpus)}-of-{n}-locked"
     label = guest.spec.label()
     expected, why = expectations.reported_when_locked(detector, set(cpus), n,
-                                                      guest.console.text)
+                                                      guest.console.text, guest.spec)
     bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
     hold_ms = int((bound + guest.spec.watchdog_thresh + 2) * 1000)
     start = mark(guest)
@@ -256,7 +257,147 @@ def expected_decline(spec) -> str | None:
         return "TSC unstable"
     if not spec.hpet_msi:
         return "no FSB-capable free channel"
+    path = expectations.hpet_path(spec)
+    if path.outcome == "declines":
+        return path.says.split("not used: ", 1)[1]
     return None
+
+
+REMAP_ON = r"DMAR-IR: Enabled IRQ remapping in (\w+) mode"
+ENABLED_ON = r"hpet_hld: enabled on channel (\d+), handling CPU"
+
+
+def _console_wait(guest: Guest, pattern: str, seconds: float, after: int = 0):
+    """The first match of `pattern` in the console from offset `after`,
+    waiting up to `seconds` (scaled) for it; None if it never came."""
+    rx = re.compile(pattern, re.M)
+    guest.console.wait_until(lambda: bool(rx.search(guest.console.text, after)),
+                             time.monotonic() + seconds * guest.scale, guest.alive)
+    return rx.search(guest.console.text, after)
+
+
+def _kernel_time(text: str, offset: int) -> float | None:
+    """The printk timestamp of the console line holding `offset`."""
+    start = text.rfind("\n", 0, offset) + 1
+    m = re.match(r"\[\s*(\d+\.\d+)\]", text[start:])
+    return float(m.group(1)) if m else None
+
+
+def channel_chips(guest: Guest, channel: int) -> list[str]:
+    """The irq chips of the HPET channel's interrupt: /sys/kernel/irq/N with
+    that hwirq and an HPET chip (the NMI has no action, so /proc/interrupts
+    does not show it)."""
+    out = guest.check("for d in /sys/kernel/irq/*; do echo \"$(cat $d/hwirq) "
+                      "$(cat $d/chip_name)\"; done")
+    return [chip for hw, _, chip in (line.partition(" ") for line in out.splitlines())
+            if hw == str(channel) and "HPET" in chip]
+
+
+def irq_path(guest: Guest, detector: str) -> Result:
+    """The HPET detector takes the path expectations.PATHS gives for this
+    machine (APIC mode x IOMMU x comparator rule), checked in the guest:
+    Linux's remapping mode, the HPET in the DMAR or not, the channel's irq
+    chip, the detector's debugfs, and for a blocked channel the fault, the
+    restarts and the message within its bound, with nothing hanging and
+    nothing reported meanwhile."""
+    name, label, spec = "irq-path", guest.spec.label(), guest.spec
+    if detector != "hpet":
+        raise HarnessError("irq-path is about the HPET detector (--detector hpet)")
+    path = expectations.hpet_path(spec)
+    m: dict = {"expected": path.outcome, "expected_chip": path.chip}
+    text = guest.console.text
+    remap = re.search(REMAP_ON, text)
+    m["remap"] = remap.group(1) if remap else None
+    if m["remap"] != path.remap:
+        return Result(name, label, False, f"interrupt remapping {m['remap'] or 'off'}, "
+                      f"expected {path.remap or 'off'}", m)
+    described = expectations.HPET_IN_DMAR in text
+    if described != (spec.iommu_mode == "described"):
+        return Result(name, label, False, f"'{expectations.HPET_IN_DMAR}' "
+                      f"{'printed' if described else 'missing'} with iommu={spec.iommu_mode}", m)
+    if path.outcome == "declines":
+        said = _console_wait(guest, re.escape(path.says), 20)
+        if not said:
+            return Result(name, label, False, f"no '{path.says}'", m)
+        if re.search(ENABLED_ON, guest.console.text):
+            return Result(name, label, False, "enabled although it declined", m)
+        if guest.run(f"test -e {HLD_DEBUGFS}").status == 0:
+            return Result(name, label, False, f"{HLD_DEBUGFS} exists: a channel is taken", m)
+        m["nmi_watchdog"] = guest.check("cat /proc/sys/kernel/nmi_watchdog").strip()
+        fallback = re.search(r"NMI watchdog: .*", guest.console.text)
+        m["fallback"] = fallback.group(0).strip() if fallback else None
+        return Result(name, label, True, f"declined at probe: '{path.says}'; "
+                      f"fallback: {m['fallback'] or 'none printed'}", m)
+    on = _console_wait(guest, ENABLED_ON, 20)
+    if not on:
+        return Result(name, label, False, "no 'hpet_hld: enabled on channel' line", m)
+    channel = int(on.group(1))
+    m["channel"] = channel
+    m["chips"] = channel_chips(guest, channel)
+    if m["chips"] != [path.chip]:
+        return Result(name, label, False, f"channel {channel}'s irq chip {m['chips']}, "
+                      f"expected {path.chip}", m)
+    thresh = max(spec.watchdog_thresh, 1)
+    if path.outcome == "enabled":
+        before = int(guest.check(f"cat {HLD_DEBUGFS}/nmis"))
+        bad = observe(guest, 2.0 * thresh, BAD_KINDS + LOCKUP_KINDS)
+        m["nmis"] = [before, int(guest.check(f"cat {HLD_DEBUGFS}/nmis"))]
+        m["restarts"] = int(guest.check(f"cat {HLD_DEBUGFS}/restarts"))
+        off = re.search(r"hpet_hld: (disabled|not used)\b.*", guest.console.text)
+        if bad:
+            return Result(name, label, False, "unexpected: " + describe(bad), m)
+        if off:
+            return Result(name, label, False, f"then: {off.group(0)}", m)
+        if m["nmis"][1] <= m["nmis"][0]:
+            return Result(name, label, False, f"no NMI from channel {channel} through "
+                          f"{path.chip} in {2 * thresh} s (nmis {m['nmis']})", m)
+        if m["restarts"]:
+            return Result(name, label, False, f"channel restarted {m['restarts']} times", m)
+        return Result(name, label, True, f"enabled on channel {channel} through "
+                      f"{path.chip}, {m['nmis'][1] - m['nmis'][0]} NMIs in "
+                      f"{2 * thresh} s", m)
+    # disabled: the channel's interrupt never arrives.
+    bound = path.disable_bound_s(spec.watchdog_thresh)
+    gone = _console_wait(guest, path.says, bound + 10, on.start())
+    if not gone:
+        return Result(name, label, False, f"no '{path.says}' within {bound + 10:.0f} s "
+                      "of enabling", m)
+    t_on, t_off = _kernel_time(guest.console.text, on.start()), \
+        _kernel_time(guest.console.text, gone.start())
+    m["disabled_after_s"] = round(t_off - t_on, 3) if None not in (t_on, t_off) else None
+    if int(gone.group("channel")) != channel:
+        return Result(name, label, False, f"disabled channel {gone.group('channel')}, "
+                      f"enabled {channel}", m)
+    if m["disabled_after_s"] is None or not 0 < m["disabled_after_s"] <= bound:
+        return Result(name, label, False, f"disabled {m['disabled_after_s']} s after "
+                      f"enabling, bound {bound:.1f} s", m)
+    faults = re.findall(expectations.COMPAT_BLOCKED, guest.console.text)
+    m["faults_25h"] = len(faults)
+    if path.fault_25h and not faults:
+        return Result(name, label, False, "no fault 25h (compatibility format blocked) "
+                      "from ff:0f.0 recorded", m)
+    m["nmis"] = int(guest.check(f"cat {HLD_DEBUGFS}/nmis"))
+    m["restarts"] = int(guest.check(f"cat {HLD_DEBUGFS}/restarts"))
+    if m["nmis"] or not m["restarts"]:
+        return Result(name, label, False, f"debugfs: {m['nmis']} NMIs, {m['restarts']} "
+                      "restarts (expected none, and at least one)", m)
+    # Given up (series v3, watchdog_hardlockup_lost()): nmi_watchdog says so.
+    m["nmi_watchdog"] = guest.check("cat /proc/sys/kernel/nmi_watchdog").strip()
+    if m["nmi_watchdog"] != "0":
+        return Result(name, label, False, f"the detector gave up but "
+                      f"/proc/sys/kernel/nmi_watchdog reads {m['nmi_watchdog']!r}, not '0'", m)
+    # Nothing hangs, nothing is reported: the guest answers and prints no
+    # lockup or other bad event (the expected faults aside) for 2 x thresh.
+    bad = [e for e in since(guest, 0, BAD_KINDS + LOCKUP_KINDS)
+           if not (e.kind == "dmar_fault" and ("0x25" in e.text or "fault status" in e.text))]
+    bad += observe(guest, 2.0 * thresh, BAD_KINDS + LOCKUP_KINDS)
+    guest.check("true")
+    if bad:
+        return Result(name, label, False, "unexpected: " + describe(bad), m)
+    return Result(name, label, True, f"channel {channel} on {path.chip}: its MSI blocked "
+                  f"({len(faults)} faults 25h), {m['restarts']} restarts, then "
+                  f"'{gone.group(0)}' after {m['disabled_after_s']} s "
+                  f"(bound {bound:.0f} s); nothing reported", m)
 
 
 def declines(guest: Guest, detector: str) -> Result:

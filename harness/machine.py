@@ -11,6 +11,24 @@ from harness.errors import HarnessError
 
 MAX_TCG_CPUS = 255   # without x2APIC (none under TCG 7.2), APIC IDs stop at 254
 
+# The matrix's named axes: each value is the MachineSpec fields it sets.
+APIC_MODES = {
+    "xapic": {"x2apic": False},
+    "x2apic": {"x2apic": True},               # -cpu ...,+x2apic; with the IOMMU eim=on
+}
+IOMMU_MODES = {
+    "off": {"iommu": False, "iommu_hpet": True},
+    # intel-iommu,intremap=on, the DMAR with the HPET's device scope (as
+    # firmware should describe it; only the patched QEMU has one).
+    "described": {"iommu": True, "iommu_hpet": True},
+    # ... and hpet-scope=off: firmware that leaves the HPET out.
+    "undescribed": {"iommu": True, "iommu_hpet": False},
+}
+COMPARATOR_RULES = {
+    "qemu": {"hpet_strict_comparator": False},      # a past comparator fires at once
+    "hardware": {"hpet_strict_comparator": True},   # ... never (hpet.strict-comparator=on)
+}
+
 
 @dataclass(frozen=True)
 class MachineSpec:
@@ -56,13 +74,29 @@ class MachineSpec:
 
     def qemu_features(self) -> tuple[str, ...]:
         """The qemu/patches features (harness.qemu_build.FEATURES) this
-        machine needs of its QEMU."""
+        machine needs of its QEMU. The IOMMU cases need the HPET behind the
+        IOMMU and GCMD.CFI honoured: without them (QEMU 7.2) the HPET's
+        messages bypass remapping, which no hardware does."""
         need = []
+        if self.iommu:
+            need += ["hpet-remap", "cfi"]
         if not self.iommu_hpet:
             need.append("hpet-scope")
         if self.hpet_strict_comparator:
             need.append("strict-comparator")
         return tuple(need)
+
+    @property
+    def apic(self) -> str:
+        return "x2apic" if self.x2apic else "xapic"
+
+    @property
+    def iommu_mode(self) -> str:
+        return "off" if not self.iommu else "described" if self.iommu_hpet else "undescribed"
+
+    @property
+    def comparator(self) -> str:
+        return "hardware" if self.hpet_strict_comparator else "qemu"
 
     @property
     def slots(self) -> int:

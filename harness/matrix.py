@@ -16,17 +16,37 @@ from pathlib import Path
 
 from harness import catalog, expectations, kbuild
 from harness.errors import HarnessError
-from harness.machine import MachineSpec
+from harness.machine import (APIC_MODES, COMPARATOR_RULES, IOMMU_MODES,
+                             MachineSpec)
 
 # Matrix key -> MachineSpec field, and the type its values must have.
 AXES = {
     "cpus": ("cpus", int), "sockets": ("sockets", int), "threads": ("threads", int),
     "maxcpus": ("maxcpus", int),
-    "memory": ("memory_mb", int), "iommu": ("iommu", bool), "hpet": ("hpet", bool),
+    "memory": ("memory_mb", int), "hpet": ("hpet", bool),
     "hpet_msi": ("hpet_msi", bool), "hpet_timers": ("hpet_timers", int),
     "thresh": ("watchdog_thresh", int), "panic": ("hardlockup_panic", bool),
     "nmi_watchdog": ("nmi_watchdog", str), "cmdline": ("cmdline_extra", str),
 }
+# Axes whose values are names, each a setting of one or more MachineSpec
+# fields (the machine.APIC_MODES, IOMMU_MODES and COMPARATOR_RULES tables;
+# harness/expectations.py PATHS says what each combination must do).
+NAMED_AXES = {"apic": APIC_MODES, "iommu": IOMMU_MODES, "comparator": COMPARATOR_RULES}
+# Older spellings kept working: iommu = true / false, --iommu on.
+ALIASES = {"iommu": {True: "described", False: "off", "on": "described"}}
+ALL_AXES = (*AXES, *NAMED_AXES)
+
+
+def named_value(key: str, value) -> str:
+    """The canonical name of a value of a named axis, or one error line."""
+    if isinstance(value, (bool, str)):
+        value = ALIASES.get(key, {}).get(value, value)
+    if not isinstance(value, str) or value not in NAMED_AXES[key]:
+        known = ", ".join(NAMED_AXES[key])
+        raise HarnessError(f"unknown {key} value {value!r}; known: {known}")
+    return value
+
+
 SELECTORS = ("all", "first", "middle", "last", "spread")
 
 
@@ -63,10 +83,13 @@ class Case:
         """A command line that runs this one case on a fresh guest."""
         s, default = self.spec, MachineSpec(**expectations.machine_defaults(self.detector))
         args = ["python -m harness run", f"--detector {self.detector}",
-                f"--cpus {s.cpus}", f"--iommu {'on' if s.iommu else 'off'}"]
+                f"--cpus {s.cpus}", f"--iommu {s.iommu_mode}"]
+        for key in ("apic", "comparator"):
+            if getattr(s, key) != getattr(default, key):
+                args.append(f"--{key} {getattr(s, key)}")
         for key, (field, kind) in AXES.items():
             value, base = getattr(s, field), getattr(default, field)
-            if key in ("cpus", "iommu") or value == base:
+            if key == "cpus" or value == base:
                 continue
             if kind is bool:
                 value = "on" if value else "off"
@@ -80,21 +103,27 @@ class Case:
         return " ".join(args)
 
 
-def _values(where: str, key: str, raw) -> list:
-    """An axis value or list of values, type-checked."""
-    field, kind = AXES[key]
+def _values(where: str, key: str, raw) -> list[dict]:
+    """An axis value or list of values, checked: each as the MachineSpec
+    fields it sets."""
     values = raw if isinstance(raw, list) else [raw]
     if not values:
         raise HarnessError(f"{where}: {key} is an empty list")
+    if key in NAMED_AXES:
+        try:
+            return [dict(NAMED_AXES[key][named_value(key, v)]) for v in values]
+        except HarnessError as e:
+            raise HarnessError(f"{where}: {e}") from None
+    field, kind = AXES[key]
     for v in values:
         # bool is an int in Python: do not let `cpus = true` through.
         if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
             raise HarnessError(f"{where}: {key} = {v!r}: expected {kind.__name__}")
     if field == "cmdline_extra":
-        return [tuple(v.split()) for v in values]
+        return [{field: tuple(v.split())} for v in values]
     if field == "nmi_watchdog":   # "default": leave it to the kernel
-        return [None if v == "default" else v for v in values]
-    return values
+        return [{field: None if v == "default" else v} for v in values]
+    return [{field: v} for v in values]
 
 
 def _cpus_for(where: str, selector: str, spec: MachineSpec) -> list[int]:
@@ -142,15 +171,16 @@ def expand_group(where: str, group: dict) -> list[Case]:
             raise HarnessError(f"{where}: unknown detector {d!r}; known: "
                                f"{', '.join(kbuild.DETECTORS)}")
     for key in group:
-        if key not in AXES:
+        if key not in ALL_AXES:
             raise HarnessError(f"{where}: unknown key {key!r}; known: detector, "
-                               f"scenarios, {', '.join(AXES)}")
-    axes = [(AXES[k][0], _values(where, k, v)) for k, v in group.items()]
+                               f"scenarios, {', '.join(ALL_AXES)}")
+    axes = [_values(where, k, v) for k, v in group.items()]
     cases = []
     for d in detectors:
-        for combo in itertools.product(*(values for _, values in axes)):
-            fields = {**expectations.machine_defaults(d),
-                      **{f: v for (f, _), v in zip(axes, combo)}}
+        for combo in itertools.product(*axes):
+            fields = expectations.machine_defaults(d)
+            for setting in combo:
+                fields.update(setting)
             try:
                 spec = MachineSpec(**fields).validate()
             except HarnessError as e:
@@ -195,12 +225,17 @@ def load(path: Path) -> list[Case]:
 
 
 def select(cases: list[Case], detectors=None, cpus=None, iommu=None,
-           scenarios=None, ids=None) -> list[Case]:
-    """The cases matching every filter given (None = no filter)."""
+           scenarios=None, ids=None, apic=None, comparator=None) -> list[Case]:
+    """The cases matching every filter given (None = no filter); iommu,
+    apic and comparator by their value names (or aliases: iommu True)."""
+    iommu = None if iommu is None else [named_value("iommu", v) for v in iommu]
+
     def keep(c: Case) -> bool:
         return ((detectors is None or c.detector in detectors)
                 and (cpus is None or c.spec.cpus in cpus)
-                and (iommu is None or c.spec.iommu in iommu)
+                and (iommu is None or c.spec.iommu_mode in iommu)
+                and (apic is None or c.spec.apic in apic)
+                and (comparator is None or c.spec.comparator in comparator)
                 and (scenarios is None or c.scenario in scenarios)
                 and (ids is None or c.id in ids))
     return [c for c in cases if keep(c)]

@@ -68,7 +68,8 @@ def check_qemu(qemu: str = "qemu-system-x86_64") -> tuple[int, int]:
     """QEMU present and new enough; its (major, minor)."""
     path = shutil.which(qemu)
     if path is None:
-        raise HarnessError(f"{qemu} not found: install qemu-system-x86")
+        raise HarnessError(f"{qemu} not found: install qemu-system-x86, or build the "
+                           f"patched one (make qemu)")
     version = version_of(path)[:2]
     if version < MIN_QEMU:
         raise HarnessError(f"{path} is QEMU {version[0]}.{version[1]}, too old: the "
@@ -79,17 +80,51 @@ def check_qemu(qemu: str = "qemu-system-x86_64") -> tuple[int, int]:
 X2APIC_TCG_QEMU = (9, 0)   # x2APIC and intel-iommu eim=on under TCG
 
 
-def check_machine_qemu(spec: MachineSpec, accel: str, qemu: str,
-                       version: tuple[int, int]) -> None:
-    """A machine that needs more of QEMU than 7.2 has: refused with one line
-    naming what the binary lacks, before it starts."""
-    if spec.x2apic and accel == "tcg" and version < X2APIC_TCG_QEMU:
-        raise HarnessError(f"x2apic needs QEMU {X2APIC_TCG_QEMU[0]}.{X2APIC_TCG_QEMU[1]} or "
-                           f"newer under TCG (x2APIC, intel-iommu eim=on); {qemu} is "
-                           f"{version[0]}.{version[1]}")
+def machine_lacks(spec: MachineSpec, accel: str, qemu: str) -> str | None:
+    """Why `qemu` cannot give this machine what it stands for (one line
+    naming what the binary lacks), or None when it can."""
+    path = shutil.which(qemu) or qemu
+    version = version_of(path)
+    if spec.x2apic and accel == "tcg" and version[:2] < X2APIC_TCG_QEMU:
+        return (f"x2apic needs QEMU {X2APIC_TCG_QEMU[0]}.{X2APIC_TCG_QEMU[1]} or newer "
+                f"under TCG (x2APIC, intel-iommu eim=on); {path} is "
+                f"{'.'.join(map(str, version))}")
     if spec.qemu_features():
         from harness import qemu_build
-        qemu_build.check(qemu, require=spec.qemu_features())
+        try:
+            qemu_build.check(path, require=spec.qemu_features())
+        except HarnessError as e:
+            return str(e)
+    return None
+
+
+def check_machine_qemu(spec: MachineSpec, accel: str, qemu: str,
+                       version: tuple[int, int] | None = None) -> None:
+    """A machine that needs more of QEMU than the binary has: refused with
+    one line naming what the binary lacks, before it starts."""
+    why = machine_lacks(spec, accel, qemu)
+    if why:
+        raise HarnessError(why)
+
+
+@functools.lru_cache(maxsize=None)
+def describe_qemu(qemu: str) -> str:
+    """'path (QEMU x.y.z, qemu/patches: features)' for reports."""
+    from harness import qemu_build
+    q = qemu_build.check(qemu)
+    patched = ", ".join(q.features) or "none"
+    return f"{q.binary} (QEMU {'.'.join(map(str, q.version))}; qemu/patches features: {patched})"
+
+
+def default_qemu() -> str:
+    """The QEMU guests run on: QEMU=/path if set (`harness run` sets it to
+    what it resolved, for its workers), else the patched build (cached;
+    harness/qemu_build.py)."""
+    explicit = os.environ.get("QEMU")
+    if explicit:
+        return explicit
+    from harness import qemu_build
+    return str(qemu_build.build_qemu().binary)
 
 
 def deadline_scale(spec: MachineSpec, accel: str) -> float:
@@ -102,13 +137,14 @@ def deadline_scale(spec: MachineSpec, accel: str) -> float:
 
 class Guest:
     def __init__(self, spec: MachineSpec, kernel: Path, initrd: Path,
-                 workdir: Path, accel: str, qemu: str = "qemu-system-x86_64",
+                 workdir: Path, accel: str, qemu: str | None = None,
                  interactive: bool = False, gdb_port: int | None = None,
                  extra_args: tuple[str, ...] = ()):
         self.spec = spec.validate()
         for what, path in (("kernel image", kernel), ("initramfs", initrd)):
             if not Path(path).is_file():
                 raise HarnessError(f"{what} {path} does not exist")
+        qemu = qemu or default_qemu()
         version = check_qemu(qemu)
         check_machine_qemu(self.spec, accel, qemu, version)
         self.kernel, self.initrd, self.accel, self.qemu = kernel, initrd, accel, qemu

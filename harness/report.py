@@ -19,8 +19,10 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-OUTCOMES = ("pass", "fail", "flake", "error")
-OK_OUTCOMES = ("pass", "flake")          # a flake passed on retry: not a failure
+OUTCOMES = ("pass", "fail", "flake", "error", "skip")
+# A flake passed on retry: not a failure. A skip is a case the QEMU that ran
+# cannot give its machine (named, with the reason): not a failure either.
+OK_OUTCOMES = ("pass", "flake", "skip")
 REQUIRED_CASE_KEYS = ("id", "detector", "machine", "scenario", "outcome")
 
 
@@ -158,9 +160,11 @@ def ktap_case(case: dict, num: int, indent: str) -> list[str]:
         lines += ktap_diag("flaky", _flake_note(case), indent)
     elif outcome in ("fail", "error"):
         lines += ktap_diag("reason", case.get("reason") or "none recorded", indent)
-    if outcome != "pass" and case.get("reproduce"):
+    if outcome not in ("pass", "skip") and case.get("reproduce"):
         lines += ktap_diag("reproduce", case["reproduce"], indent)
-    if outcome in OK_OUTCOMES:
+    if outcome == "skip":
+        lines.append(f"{indent}ok {num} {name} # SKIP {first_line(case.get('reason'))}")
+    elif outcome in OK_OUTCOMES:
         lines.append(f"{indent}ok {num} {name}")
     elif outcome == "error":
         # ERROR directive: the guest or harness broke, no detector verdict
@@ -386,7 +390,7 @@ th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; vertical-align: top; }
 th { background: #eee; text-align: left; }
 td.cell { text-align: center; min-width: 4em; }
 .pass { background: #c8e6c9; } .flake { background: #ffe0b2; }
-.fail, .error { background: #ffcdd2; } .none { color: #999; }
+.fail, .error { background: #ffcdd2; } .none { color: #999; } .skip { background: #eeeeee; }
 .detail { display: block; font-size: 0.85em; }
 .case { border-left: 6px solid #bbb; padding: 0.2em 1em; margin: 1em 0; }
 .case.fail, .case.error { border-color: #e53935; } .case.flake { border-color: #fb8c00; }
@@ -429,6 +433,10 @@ def header_html(meta: dict, cases: list[dict]) -> str:
     kernels = meta.get("kernels")
     if isinstance(kernels, dict):
         rows += [(f"kernel {esc(k)}", esc(v)) for k, v in kernels.items()]
+    qemu = meta.get("qemu") or sorted({c["qemu"] for c in cases if c.get("qemu")})
+    if qemu:
+        rows.append(("QEMU", "<br>".join(esc(q) for q in
+                                         ([qemu] if isinstance(qemu, str) else qemu))))
     items = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     return f'<h1>HPET NMI hardlockup detector: run report</h1>\n<dl class="meta">{items}</dl>'
 
@@ -436,7 +444,7 @@ def header_html(meta: dict, cases: list[dict]) -> str:
 def cell_class(cases: list[dict]) -> str:
     """The worst outcome colours the cell: a real failure hides a flake."""
     outcomes = {c["outcome"] for c in cases}
-    for worst in ("fail", "error", "flake"):
+    for worst in ("fail", "error", "flake", "skip"):
         if worst in outcomes:
             return worst
     return "pass"
@@ -512,7 +520,7 @@ def failure_html(case: dict, anchor: str, prefix: str) -> str:
     return "\n".join(p for p in parts if p)
 
 
-SEVERITY = {"fail": 0, "error": 1, "flake": 2}
+SEVERITY = {"fail": 0, "error": 1, "flake": 2, "skip": 3}
 
 
 def failures_html(cases: list[dict], anchors: dict[str, str], prefix: str) -> str:
@@ -520,7 +528,7 @@ def failures_html(cases: list[dict], anchors: dict[str, str], prefix: str) -> st
                  key=lambda c: SEVERITY[c["outcome"]])      # stable: run order within
     if not bad:
         return "<h2>Failures</h2>\n<p>Every case passed at the first attempt.</p>"
-    return "<h2>Failures and flakes</h2>\n" + "\n".join(
+    return "<h2>Failures, flakes and skips</h2>\n" + "\n".join(
         failure_html(c, anchors[c["id"]], prefix) for c in bad)
 
 

@@ -80,7 +80,8 @@ def boot(guest: Guest, detector: str) -> Result:
         return Result(name, label, False, "interrupt remapping is "
                       f"{'on' if remapping else 'off'} but the IOMMU is "
                       f"{'on' if guest.spec.iommu else 'off'}", m)
-    runs, why = expectations.detector_runs(detector, guest.console.text)
+    runs, why = expectations.detector_runs(detector, guest.console.text,
+                                              guest.spec)
     if nmi_wd != ("1" if runs else "0"):
         return Result(name, label, False, f"/proc/sys/kernel/nmi_watchdog reads "
                       f"{nmi_wd!r}, want '{1 if runs else 0}'{' (' + why + ')' if why else ''}", m)
@@ -146,7 +147,7 @@ def soak(guest: Guest, detector: str, seconds: float) -> Result:
     if bad:
         return Result(name, label, False, f"{len(bad)} false positives in {seconds:.0f} s: "
                       + describe(bad), m)
-    runs, _ = expectations.detector_runs(detector, guest.console.text)
+    runs, _ = expectations.detector_runs(detector, guest.console.text, guest.spec)
     problem = nmi_rate_problem(rates, guest.spec.watchdog_thresh) \
         if runs and detector == "hpet" else None
     if problem:
@@ -336,7 +337,7 @@ def _panic_verdict(guest, name, label, start, visible, why, injected, m) -> Resu
 def hard_lockup(guest: Guest, detector: str, cpu: int,
                 injector: str = "lockup_inject", expect_cpu: int | None = None) -> Result:
     visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus,
-                                                       guest.console.text)
+                                                       guest.console.text, guest.spec)
     bound = expectations.hard_lockup_bound_s(detector, guest.spec.watchdog_thresh)
     name = "hard-lockup-panic" if guest.spec.hardlockup_panic else "hard-lockup"
     if injector != "lockup_inject":
@@ -367,7 +368,7 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
     thresh = guest.spec.watchdog_thresh
     if kind == "hard_lockup":
         visible, why = expectations.hard_lockup_visible(detector, guest.spec.cpus,
-                                                       guest.console.text)
+                                                       guest.console.text, guest.spec)
         bound = expectations.hard_lockup_bound_s(detector, thresh)
     elif kind == "soft_lockup":
         visible, why, bound = True, "", expectations.soft_lockup_bound_s(thresh)

@@ -84,7 +84,8 @@ def summary(config) -> dict:
         "jobs": config.getoption("numprocesses", None) or 1,
         "matrix": os.environ.get("HARNESS_MATRIX", "matrix/nightly.toml"),
         "command": os.environ.get("HARNESS_COMMAND", "pytest " + " ".join(config.invocation_params.args)),
-        "kernels": kernels},
+        "kernels": kernels,
+        "qemu": sorted({r["qemu"] for r in records if r.get("qemu")})},
         "cases": records}
 
 

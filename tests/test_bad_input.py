@@ -20,6 +20,14 @@ cpu = [1, 2]
 scenarios = ["boot"]
 """
 
+BAD_AXIS_MATRIX = """
+[[group]]
+detector = "hpet"
+apic = "x2apic"
+iommu = ["described", "hpet-in-ivrs"]
+scenarios = ["boot"]
+"""
+
 
 @pytest.mark.parametrize("args, needle", [
     (["run", "--scenario", "no-such-scenario"], "unknown scenario 'no-such-scenario'"),
@@ -30,7 +38,16 @@ scenarios = ["boot"]
     (["run", "--scenario", "boot", "--cpus", "0"], "cpus=0: must be 1..255"),
     (["run", "--scenario", "boot", "--cpus", "2,300"], "cpus=300: must be 1..255"),
     (["run", "--scenario", "boot", "--cpus", "two"], "--cpus two: expected numbers"),
-    (["run", "--scenario", "boot", "--iommu", "maybe"], "expected on or off, got 'maybe'"),
+    (["run", "--scenario", "boot", "--iommu", "maybe"],
+     "unknown iommu value 'maybe'; known: off, described, undescribed"),
+    (["run", "--scenario", "boot", "--apic", "x3apic"],
+     "unknown apic value 'x3apic'; known: xapic, x2apic"),
+    (["run", "--scenario", "boot", "--comparator", "strict"],
+     "unknown comparator value 'strict'; known: qemu, hardware"),
+    (["run", "--matrix", "matrix/nightly.toml", "--apic", "x2apic,x3apic"],
+     "unknown apic value 'x3apic'"),
+    (["run", "--matrix", "{bad_axis_matrix}"],
+     "unknown iommu value 'hpet-in-ivrs'; known: off, described, undescribed"),
     (["run", "--scenario", "boot", "--cpus", "6", "--sockets", "4"],
      "cpus=6 cannot be split into sockets=4"),
     (["run", "--scenario", "boot", "--thresh", "61"], "watchdog_thresh=61: must be 0..60"),
@@ -62,7 +79,10 @@ def test_bad_input_one_line(args, needle, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(BAD_MATRIX)
     out = tmp_path / "out"
-    args = [a.replace("{bad_matrix}", str(bad)) for a in args]
+    bad_axis = tmp_path / "bad-axis.toml"
+    bad_axis.write_text(BAD_AXIS_MATRIX)
+    args = [a.replace("{bad_matrix}", str(bad)).replace("{bad_axis_matrix}", str(bad_axis))
+            for a in args]
     if args[0] == "run":
         args += ["--out", str(out)]
     res = harness(*args)
@@ -93,7 +113,7 @@ def test_qemu_too_old(tmp_path):
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'\n")
     fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    env = dict(os.environ, QEMU=str(fake))
     res = subprocess.run([sys.executable, "-m", "harness", "run", "--scenario", "boot",
                           "--out", str(tmp_path / "out")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
@@ -102,7 +122,7 @@ def test_qemu_too_old(tmp_path):
 
 
 def test_qemu_missing(tmp_path):
-    env = dict(os.environ, PATH=str(tmp_path))
+    env = dict(os.environ, QEMU=str(tmp_path / "qemu-system-x86_64"))
     res = subprocess.run([sys.executable, "-m", "harness", "run", "--scenario", "boot",
                           "--out", str(tmp_path / "out")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)

@@ -45,7 +45,9 @@ def test_x2apic_undescribed_hpet_and_strict_comparator():
     assert a[-2:] == ["-device", "intel-iommu,intremap=on,eim=on,hpet-scope=off"]
     assert "hpet.strict-comparator=on" in a
     assert spec.label() == "2cpu-iommu-x2apic-hpet-undescribed-strict-cmp"
-    assert spec.qemu_features() == ("hpet-scope", "strict-comparator")
+    assert spec.qemu_features() == ("hpet-remap", "cfi", "hpet-scope", "strict-comparator")
+    assert (spec.apic, spec.iommu_mode, spec.comparator) == ("x2apic", "undescribed", "hardware")
+    assert MachineSpec(iommu=True).qemu_features() == ("hpet-remap", "cfi")
     assert argv(MachineSpec(x2apic=True), "kvm")[6] == "host,+x2apic"
 
 

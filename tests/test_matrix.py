@@ -70,7 +70,10 @@ def test_reproduce_command_names_every_non_default_axis():
 
 @pytest.mark.parametrize("kw, needle", [
     ({"cpus": [True]}, "cpus = True: expected int"),
-    ({"iommu": "yes"}, "iommu = 'yes': expected bool"),
+    ({"iommu": "yes"}, "unknown iommu value 'yes'; known: off, described, undescribed"),
+    ({"apic": "x3apic"}, "unknown apic value 'x3apic'; known: xapic, x2apic"),
+    ({"comparator": "strict"}, "unknown comparator value 'strict'; known: qemu, hardware"),
+    ({"iommu": 1}, "unknown iommu value 1"),
     ({"cpus": []}, "cpus is an empty list"),
     ({"cpu": 2}, "unknown key 'cpu'"),
     ({"scenarios": []}, "needs a non-empty list 'scenarios'"),
@@ -105,3 +108,46 @@ def test_select_filters_combine():
                         scenarios=["hard-lockup"])
     assert got and all(c.detector == "buddy" and c.spec.cpus == 4 and c.spec.iommu
                        and c.scenario == "hard-lockup" for c in got)
+
+
+# --- the APIC x IOMMU x comparator table -----------------------------------------
+
+def test_paths_cover_every_combination_of_the_named_axes():
+    import itertools
+    from harness import expectations, machine
+    combos = set(itertools.product(machine.APIC_MODES, machine.IOMMU_MODES,
+                                   machine.COMPARATOR_RULES))
+    assert set(expectations.PATHS) == combos
+    for (apic, iommu, cmp), path in expectations.PATHS.items():
+        spec = machine.MachineSpec(**machine.APIC_MODES[apic], **machine.IOMMU_MODES[iommu],
+                                   **machine.COMPARATOR_RULES[cmp]).validate()
+        assert expectations.hpet_path(spec) is path
+        assert path.outcome in ("enabled", "declines", "disabled")
+        assert (path.chip is None) == (path.outcome == "declines")
+        assert (path.remap is None) == (iommu == "off")
+
+
+def test_readme_has_exactly_the_expectations_table():
+    """The README's table is generated from expectations.PATHS: regenerate
+    it (python -c 'from harness import expectations as e; print(e.paths_table())')
+    when PATHS changes."""
+    from harness import expectations
+    text = (REPO / "README.md").read_text()
+    start = text.index("<!-- paths-table: generated from harness/expectations.py")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- /paths-table -->", start)
+    assert text[start:end].strip() == expectations.paths_table()
+
+
+def test_named_axes_spell_their_values_and_old_spellings_still_work():
+    (c,) = group(cpus=2, apic="x2apic", iommu="undescribed", comparator="hardware",
+                 scenarios=["boot"])
+    assert (c.spec.x2apic, c.spec.iommu, c.spec.iommu_hpet, c.spec.hpet_strict_comparator) \
+        == (True, True, False, True)
+    assert "--apic x2apic" in c.reproduce() and "--iommu undescribed" in c.reproduce()
+    assert "--comparator hardware" in c.reproduce()
+    assert [x.spec.iommu_mode for x in group(cpus=2, iommu=[False, True], scenarios=["boot"])] \
+        == ["off", "described"]
+    x2 = matrix.load(REPO / "matrix" / "nightly.toml")
+    got = matrix.select(x2, apic=["x2apic"], iommu=["described"], scenarios=["irq-path"])
+    assert sorted(c.spec.cpus for c in got if c.spec.comparator == "qemu") == [1, 2, 4, 8, 16]

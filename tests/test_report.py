@@ -89,7 +89,8 @@ def test_ktap_statuses_match_outcomes(kunit_parser, summary):
     tree = parse(kunit_parser, report.ktap(summary))
     for test, cases in zip(tree.subtests, configs(summary).values()):
         for sub, case in zip(test.subtests, cases):
-            want = status.FAILURE if case["outcome"] in NOT_OK else status.SUCCESS
+            want = status.FAILURE if case["outcome"] in NOT_OK else \
+                status.SKIPPED if case["outcome"] == "skip" else status.SUCCESS
             assert sub.status == want, case["id"]
         failing = any(c["outcome"] in NOT_OK for c in cases)
         assert test.status == (status.FAILURE if failing else status.SUCCESS)
@@ -98,8 +99,10 @@ def test_ktap_statuses_match_outcomes(kunit_parser, summary):
 def test_ktap_totals(kunit_parser, summary):
     tree = parse(kunit_parser, report.ktap(summary))
     bad = sum(c["outcome"] in NOT_OK for c in summary["cases"])
+    skipped = sum(c["outcome"] == "skip" for c in summary["cases"])
+    assert skipped and tree.counts.skipped == skipped
     assert tree.counts.failed == bad
-    assert tree.counts.passed == len(summary["cases"]) - bad
+    assert tree.counts.passed == len(summary["cases"]) - bad - skipped
     assert (tree.status == kunit_parser.TestStatus.FAILURE) == (bad > 0)
 
 

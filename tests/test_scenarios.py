@@ -26,6 +26,8 @@ def test_scenario(case, pool, record_property):
               + format_events([Event(**e) for e in events], as_json=False))
         lines = (case_dir / f"console-attempt{n}.log").read_text().splitlines()
         print("--- console tail ---\n" + "\n".join(lines[-40:]))
+    if record["outcome"] == "skip":
+        pytest.skip(record["reason"])
     if record["outcome"] == "flake":
         print(f"FLAKE: failed {len(record['attempts']) - 1} time(s) first: "
               f"{record['attempts'][0]['reason']}")
