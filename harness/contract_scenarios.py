@@ -245,14 +245,13 @@ def counters(guest: Guest) -> dict:
             if v.isdigit()}
 
 
-def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[str],
-                   start: int, expiries_before: int | None, excused=lambda e: False) -> Result:
-    """After a disturbance: no report of it, the HPET detector's expiries
-    came again, and a real hard lockup is still reported in time."""
+def came_back(guest: Guest, name: str, m: dict, steps: list[str], start: int,
+              expiries_before: int | None, excused=lambda e: False) -> Result | None:
+    """After a disturbance: watch 3 x watchdog_thresh for false reports, in
+    which the HPET detector's expiries must come back (its watch restarts
+    a silent channel within 2 x thresh). A failing Result, or None."""
     label = guest.spec.label()
     thresh = guest.spec.watchdog_thresh
-    # A window in which the detector must come back (its watch restarts a
-    # silent channel within 2 x thresh), watched for false reports.
     bad = [e for e in observe(guest, 3 * thresh, LOCKUP_KINDS + BAD_KINDS) if not excused(e)]
     check_tsc_stable(guest, start)
     after = expiries(guest)
@@ -267,11 +266,19 @@ def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[
                           f"{m['expiries_after']} expiries in {3 * thresh} s, want "
                           f"{want:.0f}: the detector did not come back", m)
         steps.append(f"{m['expiries_after']} expiries in {3 * thresh} s")
-    target = guest.spec.cpus - 1
-    r = hard_lockup(guest, detector, target)
+    return None
+
+
+def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[str],
+                   start: int, expiries_before: int | None, excused=lambda e: False) -> Result:
+    """came_back(), then a real hard lockup is still reported in time."""
+    failed = came_back(guest, name, m, steps, start, expiries_before, excused)
+    if failed:
+        return failed
+    r = hard_lockup(guest, detector, guest.spec.cpus - 1)
     steps.append(f"then {r.reason}")
     m["lockup_after"] = r.measurements
-    return Result(name, label, r.passed, "; ".join(steps), m)
+    return Result(name, guest.spec.label(), r.passed, "; ".join(steps), m)
 
 
 def nmi_stall(guest: Guest, detector: str) -> Result:

@@ -17,12 +17,11 @@ Each scenario acts and records; harness.verdicts judges what was recorded.
 import time
 
 from harness import expectations, verdicts
-from harness.contract_scenarios import check_tsc_stable, counters, expiries, handling_cpu
+from harness.contract_scenarios import came_back, check_tsc_stable, expiries, handling_cpu
 from harness.detector_scenarios import HLD_DEBUGFS, cpulist, many_locked, observe
 from harness.errors import HarnessError
 from harness.qemu import Guest
-from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, describe, hard_lockup,
-                               mark, since)
+from harness.scenarios import BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, mark, since
 
 
 def _nmi_rows(guest: Guest) -> str:
@@ -123,7 +122,6 @@ def suspend_resume(guest: Guest, detector: str) -> Result:
     if "mem" not in states:
         raise HarnessError(f"{label}: the guest cannot suspend to RAM "
                            f"(/sys/power/state: {' '.join(states)})")
-    thresh = guest.spec.watchdog_thresh
     start = mark(guest)
     offset = len(guest.console.text)
     guest.send("echo mem > /sys/power/state")
@@ -139,21 +137,10 @@ def suspend_resume(guest: Guest, detector: str) -> Result:
         raise guest.failure("no 'PM: suspend exit' after system_wakeup")
     guest.check("true", timeout=60)          # the agent answers again
     steps.append("woke up")
-    before = expiries(guest)
-    bad = observe(guest, 3 * thresh, LOCKUP_KINDS + BAD_KINDS)
-    check_tsc_stable(guest, start)
-    after = expiries(guest)
-    m: dict = counters(guest)
-    if bad:
-        return Result(name, label, False, "; ".join(steps) + "; then: " + describe(bad), m)
-    if before is not None:
-        m["expiries_after"] = (after or 0) - before
-        want = 3 * thresh * expectations.hpet_nmi_rate(thresh) / 2
-        if after is None or after - before < want:
-            return Result(name, label, False, "; ".join(steps) + f"; then only "
-                          f"{m['expiries_after']} expiries in {3 * thresh} s, want "
-                          f"{want:.0f}", m)
-        steps.append(f"{m['expiries_after']} expiries in {3 * thresh} s")
+    m: dict = {}
+    failed = came_back(guest, name, m, steps, start, expiries(guest))
+    if failed:
+        return failed
     r = many_locked(guest, detector, list(range(guest.spec.cpus)))
     steps.append(r.reason)
     m["lockups"] = r.measurements

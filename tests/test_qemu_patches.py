@@ -47,6 +47,17 @@ def _guest(spec, built, qemu_bin, tmp_path, name) -> Guest:
     return Guest(spec, kernel.bzimage, initrd, tmp_path / name, "tcg", qemu=qemu_bin)
 
 
+def _scenario_on(spec, built, qemu_bin, tmp_path, scenario, *console_has):
+    """Boot `spec`, wait until the HPET detector is enabled and the console
+    has each of `console_has`, then run scenario(guest, "hpet")."""
+    with _guest(spec, built, qemu_bin, tmp_path, scenario.__name__) as g:
+        g.wait_booted(60)
+        assert _wait_console(g, ENABLED, 20), g.console.tail()
+        for pattern in console_has:
+            assert _wait_console(g, pattern, 1), g.console.tail()
+        return scenario(g, "hpet")
+
+
 def _wait_console(g: Guest, pattern: str, seconds: float) -> re.Match | None:
     found = []
 
@@ -304,11 +315,8 @@ def test_detector_comes_back_when_a_past_comparator_stays_quiet(built, qemu_bin,
         pytest.fail(f"{qemu_bin} has no hpet.strict-comparator")
     spec = MachineSpec(hpet_msi=True, hpet_timers=8, nmi_watchdog="hpet", cpus=4,
                        hpet_strict_comparator=True)
-    with _guest(spec, built, qemu_bin, tmp_path, "strict-comparator-stall") as g:
-        g.wait_booted(60)
-        assert _wait_console(g, ENABLED, 20), g.console.tail()
-        r = contract_scenarios.nmi_stall(g, "hpet")
-        assert r.passed, r.reason
+    r = _scenario_on(spec, built, qemu_bin, tmp_path, contract_scenarios.nmi_stall)
+    assert r.passed, r.reason
 
 
 @pytest.mark.kernel
@@ -327,10 +335,7 @@ def test_detector_comes_back_after_suspend_with_the_hpet_behind_the_iommu(
         pytest.fail(f"{qemu_bin} keeps the HPET's FSB routes across a reset")
     spec = MachineSpec(hpet_msi=True, hpet_timers=8, nmi_watchdog="hpet", cpus=2,
                        iommu=True)
-    with _guest(spec, built, qemu_bin, tmp_path, "suspend-ir") as g:
-        g.wait_booted(60)
-        assert _wait_console(g, ENABLED, 20), g.console.tail()
-        # the HPET is behind the IOMMU: its messages are remapped
-        assert _wait_console(g, DMAR_HPET, 1), g.console.tail()
-        r = platform_scenarios.suspend_resume(g, "hpet")
-        assert r.passed, r.reason
+    # DMAR_HPET: the HPET is behind the IOMMU, its messages are remapped
+    r = _scenario_on(spec, built, qemu_bin, tmp_path, platform_scenarios.suspend_resume,
+                     DMAR_HPET)
+    assert r.passed, r.reason
