@@ -88,8 +88,8 @@ unit: deps
 # (a sample of the nightly one: every axis value, every scenario family)
 # through the same runner as `make nightly` (its reports in $(OUT)/).
 test: kernel $(QEMU_DEP)
-	HARNESS_DETECTORS=$(DETECTORS) HARNESS_OUT=$(OUT) $(PY) -m pytest -v tests \
-		--ignore=tests/test_scenarios.py --junitxml=$(OUT)/junit-tests.xml $(PYTEST_ARGS)
+	$(PY) -m pytest -v tests --detectors $(DETECTORS) --harness-out $(OUT) \
+		--junitxml=$(OUT)/junit-tests.xml $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory smoke
 
 smoke: kernel $(QEMU_DEP)
@@ -119,7 +119,7 @@ boot: kernel $(QEMU_DEP)
 DURATION ?= 1800
 SOAK_ARGS ?= --detector hpet,buddy --cpus 2,4,8 --iommu off,on --thresh 1
 soak: kernel $(QEMU_DEP)
-	HARNESS_SOAK_SECONDS=$(DURATION) $(PY) -m harness run --scenario soak $(SOAK_ARGS) \
+	$(PY) -m harness run --scenario soak --soak-seconds $(DURATION) $(SOAK_ARGS) \
 		--retries 0 --out $(OUT)/soak --jobs $(JOBS)
 
 # PREVIOUS=path/to/bench.json: side by side with ratios. SMOKE_RESULTS= takes

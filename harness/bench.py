@@ -24,6 +24,7 @@ from harness.errors import HarnessError
 from harness.machine import MachineSpec
 from harness.paths import REPO, cache_dir
 from harness.qemu import Guest, die_with_parent
+from harness.records import RunSummary
 
 BENCH_MATRIX = REPO / "matrix" / "bench.toml"
 SMOKE_MATRIX = REPO / "matrix" / "smoke.toml"
@@ -81,7 +82,7 @@ def _harness_run(matrix: Path, jobs: int, out: Path, detectors: str | None = Non
     subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, env=env,
                    preexec_fn=die_with_parent)
     if not (out / "results.json").is_file():
-        raise HarnessError(f"bench: the run of {matrix} left no results (see {out / 'pytest.log'})")
+        raise HarnessError(f"bench: the run of {matrix} left no results (see {out / 'run.log'})")
     return time.monotonic() - t0
 
 
@@ -102,15 +103,9 @@ def matrix_run(jobs: int, out: Path, qemu: str | None = None) -> dict:
 
 
 def load_results(path: Path) -> dict:
-    """A results.json of `harness run`, or one clear error."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-        if not isinstance(doc["cases"], list) or not isinstance(doc["meta"], dict):
-            raise TypeError("cases is not a list or meta not an object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise HarnessError(f"{path}: not a results.json of `harness run` ({e})") from None
-    return doc
+    """A results.json of `harness run` (checked by RunSummary.load), or one
+    clear error."""
+    return RunSummary.load(path).to_dict()
 
 
 def latency_by_detector(cases: list[dict]) -> dict:
@@ -159,7 +154,7 @@ def build_times(kernel_src: str | None = None) -> dict:
     of each kernel; a QEMU build's stamp if there is one): nothing is built
     here. None when unknown (not built yet, or an older stamp)."""
     times: dict = {}
-    for detector in kbuild.DETECTOR_FRAGMENTS:
+    for detector in kbuild.KERNELS:
         try:
             key, _, _ = kbuild.kernel_key(detector, kernel_src)
         except HarnessError:
@@ -507,7 +502,7 @@ def estimate(cases: list, model: CostModel, jobs: int = 1) -> Estimate:
     """Seconds to run `cases` (matrix.Case, in run order): the runner keeps
     a guest for the next case on the same machine unless the case ended it.
     With jobs > 1, whole machines are spread over the workers (longest
-    first, to the least loaded), as pytest-xdist's loadgroup does."""
+    first, to the least loaded), as the runner's workers take them."""
     per_machine: dict[str, float] = {}
     total, boots, measured, prev_key, alive = 0.0, 0, 0, None, False
     for case in cases:

@@ -9,23 +9,28 @@ once is not trusted with another verdict.
 import json
 import os
 import time
+import traceback
 from pathlib import Path
 
 from harness import catalog, initramfs
 from harness.errors import GuestError
-from harness.matrix import Case
+from harness.matrix import Case, guest_key
 from harness.qemu import Guest, default_qemu, describe_qemu, machine_lacks
+from harness.records import Attempt, CaseRecord, Outcome
 from harness.scenarios import mark
 
 
 class GuestPool:
-    def __init__(self, accel: str, out: Path, kernel_src: str | None = None):
+    def __init__(self, accel: str, out: Path, kernel_src: str | None = None,
+                 built: dict | None = None, qemu: str | None = None):
+        """`built`: detector -> (kernel, initramfs) the caller built already;
+        `qemu`: the binary (default: qemu.default_qemu())."""
         self.accel, self.out, self.kernel_src = accel, Path(out), kernel_src
         self.guest: Guest | None = None
         self.key: str | None = None
         self.boots = 0
-        self._built: dict = {}
-        self._qemu: str | None = None
+        self._built: dict = dict(built or {})
+        self._qemu: str | None = qemu
 
     @property
     def qemu(self) -> str:
@@ -45,7 +50,7 @@ class GuestPool:
         return f"{kernel.release} ({kernel.build_dir.parent.name})"
 
     def get(self, detector: str, spec) -> Guest:
-        key = f"{detector}/{spec!r}"
+        key = guest_key(detector, spec)
         g = self.guest
         if g is not None and self.key == key and g.alive():
             return g
@@ -65,71 +70,75 @@ class GuestPool:
             self.guest = None
 
 
-def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int) -> tuple[dict, dict]:
-    """One try of a case: (attempt summary, measurements)."""
+def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int,
+             params: dict) -> tuple[Attempt, dict]:
+    """One try of a case: (the attempt, its measurements)."""
     t0 = time.monotonic()
-    guest, start = None, 0
+    guest, start, measurements = None, 0, {}
     try:
         guest = pool.get(case.detector, case.spec)
         start = mark(guest)
-        result = catalog.get(case.scenario)(guest, case.detector, case.cpu)
-        attempt = {"passed": result.passed, "reason": result.reason}
+        result = catalog.get(case.scenario)(guest, case.detector, case.cpu, **params)
+        attempt = Attempt(result.passed, result.reason)
         measurements = result.measurements
     except GuestError as e:
-        attempt = {"passed": False, "reason": str(e), "error": True,
-                   "console_tail": e.console_tail}
-        measurements = {}
-    attempt["duration_s"] = round(time.monotonic() - t0, 2)
+        attempt = Attempt(False, str(e), error=True, console_tail=e.console_tail)
+    except Exception as e:
+        # A scenario that broke (a harness bug): this case is an error with
+        # the traceback; the run goes on with the next case.
+        attempt = Attempt(False, f"harness error: {type(e).__name__}: {e}", error=True,
+                          console_tail=traceback.format_exc())
+    attempt.duration_s = round(time.monotonic() - t0, 2)
     # TCG guests feel host load as lost time: kept to explain flakes by.
-    attempt["host_load"] = round(os.getloadavg()[0], 2)
+    attempt.host_load = round(os.getloadavg()[0], 2)
     if guest is not None:
-        attempt["guest"] = os.path.relpath(guest.workdir, case_dir)
+        attempt.guest = os.path.relpath(guest.workdir, case_dir)
         guest.console.refresh()
         window = "\n".join(guest.console.text.splitlines()[start:])
         (case_dir / f"console-attempt{n}.log").write_text(window + "\n")
         events = [e.to_dict() for e in guest.console.events() if e.line > start]
         (case_dir / f"events-attempt{n}.json").write_text(json.dumps(events, indent=1))
-        if not attempt["passed"] and "console_tail" not in attempt:
-            attempt["console_tail"] = guest.console.tail(40)
-    if not attempt["passed"]:
+        if not attempt.passed and not attempt.console_tail:
+            attempt.console_tail = guest.console.tail(40)
+    if not attempt.passed:
         pool.retire()
     return attempt, measurements
 
 
-def run_case(case: Case, pool: GuestPool, retries: int = 0) -> dict:
+def run_case(case: Case, pool: GuestPool, retries: int = 0,
+             params: dict | None = None) -> CaseRecord:
     """Run a case (and up to `retries` retries after a failure); return its
-    record for the reports. Its artifacts go to <out>/cases/<slug>/."""
+    record for the reports. Its artifacts go to <out>/cases/<slug>/.
+    `params`: keywords for the scenario (e.g. a soak's seconds)."""
     case_dir = pool.out / "cases" / case.slug
     case_dir.mkdir(parents=True, exist_ok=True)
     attempts, measurements = [], {}
     lacks = machine_lacks(case.spec, pool.accel, pool.qemu)
     if lacks:               # skipped by name, with what the QEMU lacks
-        attempts.append({"passed": True, "skipped": True, "duration_s": 0.0,
-                         "reason": f"skipped: {lacks}"})
+        attempts.append(Attempt(True, f"skipped: {lacks}", skipped=True))
     for n in range(1, 0 if lacks else retries + 2):
-        attempt, measurements = _attempt(case, pool, case_dir, n)
+        attempt, measurements = _attempt(case, pool, case_dir, n, params or {})
         attempts.append(attempt)
-        if attempt["passed"]:
+        if attempt.passed:
             break
     last = attempts[-1]
-    if last.get("skipped"):
-        outcome = "skip"
-    elif last["passed"]:
-        outcome = "flake" if len(attempts) > 1 else "pass"
+    if last.skipped:
+        outcome = Outcome.SKIP
+    elif last.passed:
+        outcome = Outcome.FLAKE if len(attempts) > 1 else Outcome.PASS
     else:
-        outcome = "error" if last.get("error") else "fail"
-    record = {**case.to_dict(), "machine": case.spec.label(), "outcome": outcome,
-              "reason": last["reason"],
-              "attempts": [{k: v for k, v in a.items() if k != "console_tail"}
-                           for a in attempts],
-              "duration_s": round(sum(a["duration_s"] for a in attempts), 2),
-              "measurements": measurements, "reproduce": case.reproduce(),
-              "accel": pool.accel, "kernel": pool.kernel_id(case.detector),
-              "qemu": describe_qemu(pool.qemu),
-              "artifacts": os.path.relpath(case_dir, pool.out)}
-    if outcome not in ("pass", "skip"):
-        record["console_tail"] = next((a["console_tail"] for a in reversed(attempts)
-                                       if "console_tail" in a), "")
-    (case_dir / "case.json").write_text(json.dumps(record, indent=1, default=str))
-    (case_dir / "reproduce.txt").write_text(record["reproduce"] + "\n")
+        outcome = Outcome.ERROR if last.error else Outcome.FAIL
+    d = case.to_dict()
+    record = CaseRecord(
+        id=case.id, detector=case.detector, machine=case.spec.label(),
+        scenario=case.scenario, outcome=outcome, reason=last.reason, cpu=case.cpu,
+        spec=d["spec"], attempts=attempts,
+        duration_s=round(sum(a.duration_s for a in attempts), 2),
+        measurements=measurements, reproduce=case.reproduce(), accel=pool.accel,
+        kernel=pool.kernel_id(case.detector), qemu=describe_qemu(pool.qemu),
+        artifacts=os.path.relpath(case_dir, pool.out),
+        console_tail="" if outcome in (Outcome.PASS, Outcome.SKIP) else next(
+            (a.console_tail for a in reversed(attempts) if a.console_tail), ""))
+    (case_dir / "case.json").write_text(json.dumps(record.to_dict(), indent=1, default=str))
+    (case_dir / "reproduce.txt").write_text(record.reproduce + "\n")
     return record

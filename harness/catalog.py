@@ -1,9 +1,9 @@
 """Every scenario by name, as the command line and the tests call them.
 
 Each entry takes (guest, detector, cpu); cpu is the CPU to act on where the
-scenario has one (None otherwise).
+scenario has one (None otherwise); a scenario with parameters takes them as
+keywords (runner.RunRequest.scenario_args), with defaults.
 """
-import os
 
 from harness import contract_scenarios as cs
 from harness import detector_scenarios as ds
@@ -14,9 +14,8 @@ from harness.errors import HarnessError
 SCENARIOS = {
     "boot": lambda g, d, cpu: sc.boot(g, d),
     "idle": lambda g, d, cpu: sc.idle(g),
-    # `make soak DURATION=`: how long comes from HARNESS_SOAK_SECONDS.
-    "soak": lambda g, d, cpu: sc.soak(g, d, float(os.environ.get("HARNESS_SOAK_SECONDS",
-                                                                 "600"))),
+    # `make soak DURATION=`: harness run --soak-seconds.
+    "soak": lambda g, d, cpu, seconds=600.0: sc.soak(g, d, seconds),
     "hard-lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu),
     "soft-lockup": lambda g, d, cpu: sc.soft_lockup(g, d, cpu),
     "hard-lockup-test_lockup": lambda g, d, cpu: sc.hard_lockup(g, d, cpu, "test_lockup"),

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import kbuild
+from harness import detectors, kbuild
 from harness.errors import GuestError, HarnessError
 
 
@@ -17,7 +17,7 @@ def _on_off(value: str) -> bool:
 
 
 def cmd_kernel(args) -> int:
-    from harness import kbuild
+    from harness import detectors, kbuild
     kernel = kbuild.build_kernel(args.detector, os.environ.get("KERNEL_SRC"))
     print(kernel.bzimage)
     return 0
@@ -84,8 +84,9 @@ AXIS_FLAGS = ("cpus", "sockets", "threads", "maxcpus", "memory", "iommu", "apic"
               "comparator", "hpet", "hpet_msi", "hpet_timers", "thresh", "panic",
               "nmi_watchdog", "cmdline")
 SELECT_FLAGS = ("detector", "cpus", "iommu", "apic", "comparator", "scenario", "case")
-OUTPUTS = ("cases", "guests", "cases.json", "results.json", "report.html",
-           "report.ktap", "junit.xml", "pytest.log")
+# What a run writes (cases.json and pytest.log: what older runs wrote).
+OUTPUTS = ("cases", "guests", "results.json", "report.html", "report.ktap",
+           "junit.xml", "run.log", "cases.json", "pytest.log")
 
 
 def _axis_values(key: str, text: str) -> list:
@@ -192,32 +193,41 @@ class BuildFailed(HarnessError):
 
 
 def cmd_run(args) -> int:
-    """Run cases as pytest cases (tests/test_scenarios.py): one code path
-    for `make test`, `make nightly` and a single reproduced case."""
-    import subprocess
-    from harness import bench, report
-    from harness.paths import REPO
-    from harness.qemu import check_qemu, describe_qemu, die_with_parent
+    """Select the cases, build their kernels, run them (harness.runner) and
+    say how it went: one code path for `make test`, `make nightly` and a
+    single reproduced case."""
+    import dataclasses
+    from harness import bench, runner
+    from harness.qemu import check_qemu, describe_qemu
+    from harness.records import Outcome
     cases = select_cases(args)
-    detectors = sorted({c.detector for c in cases})
+    if args.soak_seconds is not None and not args.soak_seconds > 0:
+        raise HarnessError(f"--soak-seconds {args.soak_seconds:g}: must be more than 0")
+    kernel_src = os.environ.get("KERNEL_SRC")
+    request = runner.RunRequest(
+        tuple(cases), Path(args.out).resolve(), jobs=args.jobs or default_jobs(),
+        retries=args.retries, kernel_src=kernel_src,
+        matrix=args.matrix or "command line", progress=args.progress,
+        command="python -m harness run " + " ".join(sys.argv[2:]),
+        scenario_args={"soak": {"seconds": args.soak_seconds}} if args.soak_seconds else {})
     if args.bisect:                      # a tree that is no kernel is bad input
-        for d in detectors:
-            kbuild.kernel_key(kbuild.KERNEL_OF.get(d, d), os.environ.get("KERNEL_SRC"))
+        for d in request.detectors:
+            kbuild.kernel_key(detectors.get(d).kernel, kernel_src)
     if os.environ.get("QEMU"):           # bad input before any work
         check_qemu(resolve_run_qemu())
-    out = Path(args.out).resolve()
-    jobs = args.jobs or default_jobs()
+    out = request.out
     # Before anything else: how many cases and how long, from the previous
     # run's results.json in --out if there is one.
     model = bench.cost_model(Path(args.estimate_from) if args.estimate_from
                              else out / "results.json", required=bool(args.estimate_from))
-    print(f"harness: {len(cases)} cases of {args.matrix or 'the command line'}: "
-          f"{bench.estimate(cases, model, jobs).line()}", file=sys.stderr, flush=True)
+    print(f"harness: {len(cases)} cases of {request.matrix}: "
+          f"{bench.estimate(cases, model, request.jobs).line()}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out)
-    for d in detectors:                  # build before the clock starts
+    built = {}
+    for d in request.detectors:          # build before the clock starts
         try:
-            prepare(d)
+            built.update(runner.build([d], kernel_src))
         except HarnessError as e:
             if not args.bisect:
                 raise
@@ -226,43 +236,23 @@ def cmd_run(args) -> int:
     qemu = resolve_run_qemu()            # the patched build, cached, after the kernels
     check_qemu(qemu)
     print(f"harness: QEMU {describe_qemu(qemu)}", file=sys.stderr, flush=True)
-    (out / "cases.json").write_text(json.dumps([c.to_dict() for c in cases], indent=1))
-    argv = [sys.executable, "-m", "pytest", "tests/test_scenarios.py", "-v",
-            "-p", "no:cacheprovider", f"--junitxml={out / 'junit.xml'}"]
-    if jobs > 1:
-        argv += ["-n", str(jobs), "--dist", "loadgroup"]
-    env = dict(os.environ, QEMU=qemu, HARNESS_CASES=str(out / "cases.json"),
-               HARNESS_OUT=str(out),
-               HARNESS_RETRIES=str(args.retries), HARNESS_DETECTORS=",".join(detectors),
-               HARNESS_MATRIX=args.matrix or "command line",
-               HARNESS_COMMAND="python -m harness run " + " ".join(sys.argv[2:]))
-    print(f"harness: {len(cases)} cases, {jobs} at a time; pytest output in "
-          f"{out / 'pytest.log'}", file=sys.stderr)
-    with open(out / "pytest.log", "w") as log:
-        # pytest dies with us (and its guests with it: PDEATHSIG all the way).
-        rc = subprocess.run(argv, cwd=REPO, env=env, stdout=log,
-                            stderr=None if args.progress else log,
-                            preexec_fn=die_with_parent).returncode
-    results = out / "results.json"
-    if not results.is_file():
-        raise HarnessError(f"the run produced no results (pytest exit {rc}); "
-                           f"see {out / 'pytest.log'}")
-    summary = json.loads(results.read_text())
+    request = dataclasses.replace(request, qemu=qemu)
+    print(f"harness: {len(cases)} cases, {request.jobs} at a time; log in "
+          f"{out / 'run.log'}", file=sys.stderr, flush=True)
+    result = runner.run(request, built)
     sys.stdout.write((out / "report.ktap").read_text())
-    counts = report.outcome_counts(summary["cases"])
-    print(f"harness: {', '.join(f'{n} {o}' for o, n in counts.items())} in "
-          f"{summary['meta']['wall_s'] / 60:.1f} min; report {out / 'report.html'}",
+    print(f"harness: {', '.join(f'{n} {o}' for o, n in result.counts.items())} in "
+          f"{result.summary.meta['wall_s'] / 60:.1f} min; report {out / 'report.html'}",
           file=sys.stderr)
-    for c in summary["cases"]:
-        if c["outcome"] == "skip":
-            print(f"harness: SKIP {c['id']}: {c['reason']}", file=sys.stderr)
-    for c in summary["cases"]:
-        if c["outcome"] in ("fail", "error"):
-            tail = "\n".join(c.get("console_tail", "").splitlines()[-25:])
-            print(f"harness: {c['outcome'].upper()} {c['id']}: {c['reason']}\n"
-                  f"  reproduce: {c['reproduce']}\n  artifacts: {out / c['artifacts']}\n"
-                  f"  console tail:\n{tail}", file=sys.stderr)
-    return report.exit_status(summary)
+    for c in result.records:
+        if c.outcome == Outcome.SKIP:
+            print(f"harness: SKIP {c.id}: {c.reason}", file=sys.stderr)
+    for c in result.failures():
+        tail = "\n".join(c.console_tail.splitlines()[-25:])
+        print(f"harness: {c.outcome.upper()} {c.id}: {c.reason}\n"
+              f"  reproduce: {c.reproduce}\n  artifacts: {out / c.artifacts}\n"
+              f"  console tail:\n{tail}", file=sys.stderr)
+    return result.exit_status
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -427,7 +417,7 @@ def cmd_scp(args) -> int:
 def cmd_module(args) -> int:
     """Build an out-of-tree module against the guest kernel, in its own
     directory (kbuild's M=), to copy into a running guest."""
-    from harness import kbuild
+    from harness import detectors, kbuild
     src = Path(args.dir).resolve()
     if not (src / "Kbuild").is_file() and not (src / "Makefile").is_file():
         raise HarnessError(f"{src} has no Kbuild or Makefile")
@@ -515,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{flag}", help=help_)
     s.add_argument("--jobs", type=int, default=0,
                    help="guests at once (default: half the host's cores)")
+    s.add_argument("--soak-seconds", type=float, metavar="S",
+                   help="how long the soak scenario watches (default 600)")
     s.add_argument("--retries", type=int, default=1,
                    help="retries of a failed case on a fresh guest (counted as flakes)")
     s.add_argument("--out", default="out", help="output directory")

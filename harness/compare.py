@@ -11,31 +11,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.report import OUTCOMES, outcome_counts
+from harness.records import CaseRecord, Outcome, RunSummary
 
 
 @dataclass
 class Run:
     path: Path
-    meta: dict
-    cases: list[dict]
-    outcomes: dict[str, str]          # case id -> pass/fail/flake/error
-    reasons: dict[str, str]
+    summary: RunSummary
+
+    @property
+    def meta(self) -> dict:
+        return self.summary.meta
+
+    @property
+    def cases(self) -> list[CaseRecord]:
+        return self.summary.cases
+
+    @property
+    def outcomes(self) -> dict[str, Outcome]:
+        return {c.id: c.outcome for c in self.cases}
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        return {c.id: c.reason for c in self.cases}
 
 
 def load_run(path: Path) -> Run:
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-        cases = doc["cases"]
-        run = Run(path, doc.get("meta", {}), cases, {c["id"]: c["outcome"] for c in cases},
-                  {c["id"]: c.get("reason", "") for c in cases})
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise HarnessError(f"{path}: not a results.json of `harness run` ({e})") from None
-    unknown = set(run.outcomes.values()) - set(OUTCOMES)
-    if unknown:
-        raise HarnessError(f"{path}: unknown outcome(s) {sorted(unknown)}")
-    return run
+    return Run(Path(path), RunSummary.load(path))
 
 
 @dataclass
@@ -58,14 +60,14 @@ def compare(runs: list[Run]) -> Comparison:
     partial = sorted(set.union(*ids) - set(common))
     disagree = [cid for cid in common
                 if len({r.outcomes[cid] for r in runs}) > 1
-                or any(r.outcomes[cid] == "flake" for r in runs)]
+                or any(r.outcomes[cid] == Outcome.FLAKE for r in runs)]
     return Comparison(runs, common, partial, disagree)
 
 
 def render(c: Comparison) -> str:
     lines = []
     for i, r in enumerate(c.runs, 1):
-        counts = outcome_counts(r.cases)
+        counts = r.summary.counts()
         wall = r.meta.get("wall_s")
         took = f"{wall / 60:.1f} min" if wall else "? min"
         lines.append(f"run {i}: {r.path} (started {r.meta.get('started', '?')}, {took}): "
@@ -83,7 +85,7 @@ def render(c: Comparison) -> str:
         verdicts = " ".join(r.outcomes[cid] for r in c.runs)
         lines.append(f"  {cid}: {verdicts}")
         for i, r in enumerate(c.runs, 1):
-            if r.outcomes[cid] != "pass":
+            if r.outcomes[cid] != Outcome.PASS:
                 load = _host_loads(r, cid)
                 lines.append(f"    run {i}: {r.reasons[cid][:200]}"
                              + (f" (host load {load})" if load else ""))
@@ -92,6 +94,6 @@ def render(c: Comparison) -> str:
 
 def _host_loads(run: Run, cid: str) -> str:
     """The host's 1-minute load average after each attempt of a case."""
-    case = next(c for c in run.cases if c["id"] == cid)
-    loads = [a["host_load"] for a in case.get("attempts", []) if "host_load" in a]
+    case = next(c for c in run.cases if c.id == cid)
+    loads = [a.host_load for a in case.attempts if a.host_load is not None]
     return "/".join(f"{x:.1f}" for x in loads)

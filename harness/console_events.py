@@ -18,18 +18,49 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Iterable
 
 
+class EventKind(StrEnum):
+    """What an event is. A str: `event.kind == "hard_lockup"`, JSON and
+    f-strings see the plain name."""
+    HARD_LOCKUP = "hard_lockup"
+    SOFT_LOCKUP = "soft_lockup"
+    RCU_STALL = "rcu_stall"
+    HUNG_TASK = "hung_task"
+    WORKQUEUE_LOCKUP = "workqueue_lockup"
+    SPINLOCK_LOCKUP = "spinlock_lockup"
+    PANIC = "panic"
+    LOCKDEP = "lockdep"
+    INVALID_CONTEXT = "invalid_context"
+    KASAN = "kasan"
+    OOPS = "oops"
+    GPF = "gpf"
+    BUG = "bug"
+    WARNING = "warning"
+    UNKNOWN_NMI = "unknown_nmi"
+    NMI_SLOW = "nmi_slow"
+    DMAR_FAULT = "dmar_fault"
+    BOOT_COMPLETE = "boot_complete"
+    DETECTOR_ENABLED = "detector_enabled"
+    DETECTOR_DISABLED = "detector_disabled"
+    LOCKUP_INJECTED = "lockup_injected"
+    LOCKUP_RELEASED = "lockup_released"
+
+
 @dataclass(frozen=True)
 class Event:
-    kind: str
+    kind: EventKind     # a plain string (from JSON) becomes its EventKind
     time: float | None  # seconds from the "[   12.345678]" prefix
     cpu: int | None     # the CPU the event is about
     title: str
     line: int           # 1-based
     text: str           # the raw line, without its newline
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", EventKind(self.kind))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -230,8 +261,10 @@ _RULES = [
      None, "LKDTM {type} triggered"),
 ]
 
-RULES = [(kind, re.compile(rx), cpu_group, title) for kind, rx, cpu_group, title in _RULES]
-KINDS = tuple(dict.fromkeys(kind for kind, *_ in _RULES))
+# EventKind(kind): a rule of a kind that is not an EventKind fails at import.
+RULES = [(EventKind(kind), re.compile(rx), cpu_group, title)
+         for kind, rx, cpu_group, title in _RULES]
+KINDS = tuple(dict.fromkeys(kind for kind, *_ in RULES))
 
 # What comes before the message. All parts optional, in this order:
 # a syslog/journal "Jun 21 10:00:00 host kernel: " (or ISO-dated, or the bare

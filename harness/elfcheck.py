@@ -23,11 +23,11 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from harness import kconfig
+from harness import detectors, kconfig
 from harness.errors import HarnessError
 
-# The symbol that proves a detector is built in.
-DETECTOR_SYMBOLS = {"hpet": "hld_nmi_handler", "buddy": "watchdog_buddy_check_hardlockup"}
+# The symbol that proves a detector is built in (detectors.Detector.symbol).
+DETECTOR_SYMBOLS = {d.name: d.symbol for d in detectors.DETECTORS.values() if d.symbol}
 _IKCONFIG = ("kernel_config_data", "kernel_config_data_end")
 _WANTED = ("linux_banner", "vermagic", *_IKCONFIG, *DETECTOR_SYMBOLS.values())
 

@@ -2,23 +2,25 @@
 
 Scenario verdicts ask here instead of special-casing detectors inline, so a
 limitation (the buddy detector has no buddy on one CPU) is asserted as an
-expectation rather than skipped.
+expectation rather than skipped. The numbers are in the Detector table
+(harness/detectors.py).
 """
-
 from dataclasses import dataclass
 
-DETECTORS = ("hpet", "buddy", "perf")
+from harness.detectors import PERF, get
+
 # kernel/watchdog_perf.c when the CPU has no PMU (TCG): the perf detector
 # never runs, and the kernel says so once at boot.
-PERF_OFF = "Perf NMI watchdog permanently disabled"
+PERF_OFF = PERF.off_message
 
 
 def detector_runs(detector: str, console: str, spec=None) -> tuple[bool, str]:
     """Can the detector run on this machine at all? From its boot console
     and, for the HPET detector, what the machine's interrupt path allows
     (PATHS; without a spec, a machine whose path is the usual one)."""
-    if detector == "perf" and PERF_OFF in console:
-        return False, f"no PMU here (TCG): the kernel said '{PERF_OFF}'"
+    off = get(detector).off_message
+    if off and off in console:
+        return False, f"no PMU here (TCG): the kernel said '{off}'"
     if detector == "hpet" and spec is not None:
         path = hpet_path(spec)
         if path.outcome != "enabled":
@@ -127,10 +129,9 @@ def paths_table() -> str:
 
 def machine_defaults(detector: str) -> dict:
     """MachineSpec fields a detector needs: the HPET one wants FSB (MSI)
-    capable channels beyond the 3 QEMU gives by default, and to be asked for."""
-    if detector == "hpet":
-        return {"hpet_msi": True, "hpet_timers": 8, "nmi_watchdog": "hpet"}
-    return {}     # perf: the HPET kernel left to its default, the perf detector
+    capable channels beyond the 3 QEMU gives by default, and to be asked for;
+    perf: the HPET kernel left to its default, the perf detector."""
+    return dict(get(detector).machine)
 
 
 def hard_lockup_visible(detector: str, cpus: int, console: str = "",
@@ -138,7 +139,7 @@ def hard_lockup_visible(detector: str, cpus: int, console: str = "",
     runs, why = detector_runs(detector, console, spec)
     if not runs:
         return False, why
-    if detector == "buddy" and cpus < 2:
+    if get(detector).neighbour and cpus < 2:
         return False, ("the buddy detector checks each CPU from its neighbour; "
                        "with one CPU there is none, so a hard lockup goes unreported")
     return True, f"the {detector} detector watches every CPU"
@@ -150,7 +151,7 @@ def reported_when_locked(detector: str, locked: set[int], cpus: int,
     runs, why = detector_runs(detector, console, spec)
     if not runs:
         return set(), why
-    if detector == "buddy":
+    if get(detector).neighbour:
         # CPU c checks the next online CPU: x is watched by the one before it.
         seen = {x for x in locked if (x - 1) % cpus not in locked} if cpus > 1 else set()
         return seen, ("the buddy detector runs on the CPUs it watches: a locked CPU "
@@ -159,22 +160,10 @@ def reported_when_locked(detector: str, locked: set[int], cpus: int,
 
 
 def hard_lockup_bound_s(detector: str, thresh: int) -> float:
-    """Latest acceptable report after the injection, in seconds.
-
-    buddy: a CPU checks its neighbour every third hrtimer tick (period
-    2*thresh/5), and needs two checks without progress: at most about
-    3*thresh, plus a thresh of slack for TCG scheduling.
-    hpet: one NMI every thresh seconds, and a lockup is declared at the first
-    NMI that finds no hrtimer progress since the previous one: 2*thresh.
-    perf: the same rule on a PMU cycle counter's NMI, whose period in time
-    follows the CPU's frequency: a second of slack (not measured here, where
-    TCG has no PMU; KVM runners with a vPMU measure it).
-    """
-    if detector == "buddy":
-        return 4.0 * thresh + 2.0
-    if detector == "perf":
-        return 2.0 * thresh + 1.0
-    return 2.0 * thresh
+    """Latest acceptable report after the injection, in seconds (each
+    detector's reasoning is at its entry in harness/detectors.py)."""
+    per_thresh, slack = get(detector).bound
+    return per_thresh * thresh + slack
 
 
 def soft_lockup_bound_s(thresh: int) -> float:
@@ -195,13 +184,13 @@ def report_floor(detector: str) -> float:
     buddy: checks its neighbour every third hrtimer tick (6/5 thresh): 4/5.
     perf: checks at least 4/5 thresh apart (watchdog_check_timestamp): 2/5.
     """
-    return {"hpet": 1.0, "buddy": 0.8, "perf": 0.4}[detector]
+    return get(detector).floor_x_thresh
 
 
 def hpet_nmi_rate(thresh: int) -> float:
     """Watchdog NMIs per CPU and second of the HPET detector: one expiry,
     then one broadcast, every watchdog_thresh/5."""
-    return 5.0 / max(thresh, 1)
+    return get("hpet").nmis_per_thresh / max(thresh, 1)
 
 
 def claim_tolerance(detector: str) -> float:
@@ -209,4 +198,4 @@ def claim_tolerance(detector: str) -> float:
     not its own on the CPU where its timer NMI arrives: the HPET detector
     claims its expiry from 1/128 of a period before the prediction, and an
     NMI there cancels the expiry. Other detectors claim no NMI by time."""
-    return 1 / 128 if detector == "hpet" else 0.0
+    return get(detector).claim_tolerance

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import kconfig
+from harness import detectors, kconfig
 from harness.errors import HarnessError
 from harness.paths import (DEBIAN_TARBALL, GUEST_DIR, KERNEL_CONFIG_DIR,
                            PATCH_DIR, cache_dir)
@@ -25,16 +25,11 @@ from harness.paths import (DEBIAN_TARBALL, GUEST_DIR, KERNEL_CONFIG_DIR,
 RECIPE_VERSION = "1"
 
 BASE_FRAGMENTS = ("base.config", "lockup.config", "net.config")
-# The first detector is the default kernel's.
-DETECTOR_FRAGMENTS = {
-    "hpet": ("hpet.config",),
-    "buddy": ("buddy.config",),
-}
-# The perf detector is the HPET kernel's fallback (nmi_watchdog not =hpet):
-# the same build serves both.
-KERNEL_OF = {"perf": "hpet"}
-DETECTORS = (*DETECTOR_FRAGMENTS, *KERNEL_OF)
+# Every detector (harness/detectors.py); the first is the default kernel's.
+DETECTORS = tuple(detectors.DETECTORS)
 DEFAULT_DETECTOR = DETECTORS[0]
+# The detectors with a kernel build of their own (perf runs on the HPET one).
+KERNELS = tuple(d.name for d in detectors.DETECTORS.values() if d.kernel == d.name)
 EXTMOD_DIR = GUEST_DIR / "modules"
 
 
@@ -102,10 +97,7 @@ def read_series(series: Path) -> list[Path]:
 
 
 def fragments_for(detector: str) -> list[Path]:
-    if detector not in DETECTORS:
-        raise HarnessError(f"unknown detector {detector!r}; known: "
-                           + ", ".join(DETECTORS))
-    names = BASE_FRAGMENTS + DETECTOR_FRAGMENTS[KERNEL_OF.get(detector, detector)]
+    names = BASE_FRAGMENTS + detectors.get(detector).fragments
     frags = [KERNEL_CONFIG_DIR / n for n in names]
     for f in frags:
         if not f.is_file():
@@ -235,7 +227,7 @@ def kernel_key(detector: str = DEFAULT_DETECTOR,
 
 def build_kernel(detector: str = DEFAULT_DETECTOR, kernel_src: str | None = None,
                  jobs: int | None = None) -> Kernel:
-    detector = KERNEL_OF.get(detector, detector)
+    detector = detectors.get(detector).kernel
     key, src, user_tree = kernel_key(detector, kernel_src)
     key_dir = cache_dir() / "kernels" / key
     with CacheLock(key_dir.parent / f"{key}.lock"):

@@ -61,8 +61,7 @@ class Case:
     @property
     def guest_key(self) -> str:
         """Cases with the same key may share one booted guest."""
-        digest = hashlib.sha1(repr(asdict(self.spec)).encode()).hexdigest()[:8]
-        return f"{self.detector}/{self.spec.label()}/{digest}"
+        return guest_key(self.detector, self.spec)
 
     @property
     def slug(self) -> str:
@@ -101,6 +100,13 @@ class Case:
         where = "" if self.cpu is None else f"@{self.cpu}"
         args.append(f"--scenario {self.scenario}{where}")
         return " ".join(args)
+
+
+def guest_key(detector: str, spec: MachineSpec) -> str:
+    """One booted guest serves every case with this key (the runner's
+    grouping, the guest pool's reuse, the time estimate)."""
+    digest = hashlib.sha1(repr(asdict(spec)).encode()).hexdigest()[:8]
+    return f"{detector}/{spec.label()}/{digest}"
 
 
 def _values(where: str, key: str, raw) -> list[dict]:

@@ -1,8 +1,9 @@
 """Run one QEMU guest: start it, watch it, talk to it, and always kill it.
 
 Every QEMU process is registered here and killed when the guest is stopped,
-when the harness exits (atexit, SIGTERM, SIGINT) and, should the harness
-itself be killed, by the kernel through PR_SET_PDEATHSIG.
+when the harness exits (atexit, SIGTERM, SIGINT; installed when the first
+guest starts) and, should the harness itself be killed, by the kernel
+through PR_SET_PDEATHSIG.
 """
 import atexit
 import ctypes
@@ -14,6 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -42,9 +44,22 @@ def _on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
 
-atexit.register(kill_all)
-if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-    signal.signal(signal.SIGTERM, _on_signal)
+_cleanup_installed = False
+
+
+def install_cleanup() -> None:
+    """Kill every guest at exit and on SIGTERM (SIGINT raises
+    KeyboardInterrupt, and the guests' `with` or finally stops them).
+    Installed by the first guest that starts, not by importing this module:
+    a program that only reads matrices or reports keeps its own handlers."""
+    global _cleanup_installed
+    if _cleanup_installed:
+        return
+    _cleanup_installed = True
+    atexit.register(kill_all)
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_signal)
 
 
 MIN_QEMU = (7, 2)     # what the harness is tested on (Debian 12)
@@ -173,6 +188,7 @@ class Guest:
         (self.workdir / "kernel-cmdline.txt").write_text(self.spec.kernel_cmdline(self.accel)
                                                           + "\n")
         self.console.path.write_bytes(b"")
+        install_cleanup()
         self._stderr = open(self.workdir / "qemu-stderr.txt", "wb")
         self.t_start = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,

@@ -1,112 +1,37 @@
-"""Reports of a run summary (out/results.json): KTAP for tools, one HTML page
-for people, and the run's exit status.
+"""Reports of a run summary (records.RunSummary, out/results.json): KTAP for
+tools, one HTML page for people.
 
     python -m harness.report out/results.json [--out DIR]
 
-regenerates both reports from a saved summary.
+regenerates both reports, and junit.xml, from a saved summary.
 """
 import argparse
 import base64
 import html as htmlmod
 import io
-import json
 import math
 import os
 import re
 import statistics
 import sys
-import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-OUTCOMES = ("pass", "fail", "flake", "error", "skip")
-# A flake passed on retry: not a failure. A skip is a case the QEMU that ran
-# cannot give its machine (named, with the reason): not a failure either.
-OK_OUTCOMES = ("pass", "flake", "skip")
-REQUIRED_CASE_KEYS = ("id", "detector", "machine", "scenario", "outcome")
+from harness import junit
+from harness.records import CaseRecord, Outcome, RunSummary, SummaryError, write_atomic
 
-
-class SummaryError(ValueError):
-    """A summary that is not the shape this module renders."""
-
-
-# --- input ----------------------------------------------------------------
-
-def check_summary(summary) -> dict:
-    """Fail early with one readable message instead of a KeyError deep in
-    rendering."""
-    if not isinstance(summary, dict):
-        kind = "an array" if isinstance(summary, list) else type(summary).__name__
-        raise SummaryError(f"summary is {kind}, not an object with 'meta' and 'cases'")
-    if not isinstance(summary.get("meta", {}), dict):
-        raise SummaryError("'meta' is not an object")
-    cases = summary.get("cases")
-    if not isinstance(cases, list):
-        raise SummaryError("no 'cases' list")
-    for i, case in enumerate(cases):
-        _check_case(i, case)
-    return summary
-
-
-def _check_case(i: int, case) -> None:
-    if not isinstance(case, dict):
-        raise SummaryError(f"case {i} is not an object")
-    for key in REQUIRED_CASE_KEYS:
-        if not isinstance(case.get(key), str):
-            raise SummaryError(f"case {i}: missing or non-string {key!r}")
-    if case["outcome"] not in OUTCOMES:
-        raise SummaryError(f"case {i} ({case['id']}): unknown outcome {case['outcome']!r}")
-
-
-def load_summary(path: Path) -> dict:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise SummaryError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        summary = json.loads(text)
-    except ValueError as e:          # JSONDecodeError and bad UTF-8 alike
-        raise SummaryError(f"{path} is not valid JSON: {e}") from None
-    try:
-        return check_summary(summary)
-    except SummaryError as e:
-        raise SummaryError(f"{path}: {e}") from None
+OUTCOMES = tuple(Outcome)
+OK_OUTCOMES = tuple(o for o in Outcome if o.ok)   # a flake passed on retry: not a failure
 
 
 # --- grouping -------------------------------------------------------------
 
-def config_name(case: dict) -> str:
-    return f"{case['detector']}/{case['machine']}"
-
-
-def by_config(cases: list[dict]) -> dict[str, list[dict]]:
+def by_config(cases: list[CaseRecord]) -> dict[str, list[CaseRecord]]:
     """Cases per detector/machine, in the order the run met them."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[CaseRecord]] = {}
     for case in cases:
-        groups.setdefault(config_name(case), []).append(case)
+        groups.setdefault(case.config, []).append(case)
     return groups
-
-
-def case_label(case: dict) -> str:
-    """The case's name within its config: the id minus the config prefix."""
-    prefix = config_name(case) + "/"
-    if case["id"].startswith(prefix):
-        return case["id"][len(prefix):]
-    cpu = case.get("cpu")
-    return case["scenario"] + (f"@cpu{cpu}" if cpu is not None else "")
-
-
-def outcome_counts(cases: list[dict]) -> dict[str, int]:
-    counts = dict.fromkeys(OUTCOMES, 0)
-    for case in cases:
-        counts[case["outcome"]] += 1
-    return counts
-
-
-def exit_status(summary: dict) -> int:
-    """0 when every case passed, at once or on retry; 1 otherwise."""
-    cases = check_summary(summary)["cases"]
-    return 0 if all(c["outcome"] in OK_OUTCOMES for c in cases) else 1
 
 
 def first_line(text) -> str:
@@ -143,30 +68,29 @@ def ktap_diag(label: str, text, indent: str) -> list[str]:
     return out
 
 
-def _flake_note(case: dict) -> str:
-    attempts = [a for a in case.get("attempts") or [] if isinstance(a, dict)]
-    failed = [(i, a) for i, a in enumerate(attempts, 1) if not a.get("passed")]
+def _flake_note(case: CaseRecord) -> str:
+    failed = [(i, a) for i, a in enumerate(case.attempts, 1) if not a.passed]
     if not failed:
         return "failed first, passed on retry"
     i, attempt = failed[0]
-    why = first_line(attempt.get("reason")) or "no reason recorded"
-    return f"failed on attempt {i} ({why}), passed on attempt {len(attempts)}"
+    why = first_line(attempt.reason) or "no reason recorded"
+    return f"failed on attempt {i} ({why}), passed on attempt {len(case.attempts)}"
 
 
-def ktap_case(case: dict, num: int, indent: str) -> list[str]:
-    outcome, name = case["outcome"], ktap_name(case_label(case))
+def ktap_case(case: CaseRecord, num: int, indent: str) -> list[str]:
+    outcome, name = case.outcome, ktap_name(case.label)
     lines = []
-    if outcome == "flake":
+    if outcome == Outcome.FLAKE:
         lines += ktap_diag("flaky", _flake_note(case), indent)
-    elif outcome in ("fail", "error"):
-        lines += ktap_diag("reason", case.get("reason") or "none recorded", indent)
-    if outcome not in ("pass", "skip") and case.get("reproduce"):
-        lines += ktap_diag("reproduce", case["reproduce"], indent)
-    if outcome == "skip":
-        lines.append(f"{indent}ok {num} {name} # SKIP {first_line(case.get('reason'))}")
-    elif outcome in OK_OUTCOMES:
+    elif outcome in (Outcome.FAIL, Outcome.ERROR):
+        lines += ktap_diag("reason", case.reason or "none recorded", indent)
+    if outcome not in (Outcome.PASS, Outcome.SKIP) and case.reproduce:
+        lines += ktap_diag("reproduce", case.reproduce, indent)
+    if outcome == Outcome.SKIP:
+        lines.append(f"{indent}ok {num} {name} # SKIP {first_line(case.reason)}")
+    elif outcome.ok:
         lines.append(f"{indent}ok {num} {name}")
-    elif outcome == "error":
+    elif outcome == Outcome.ERROR:
         # ERROR directive: the guest or harness broke, no detector verdict
         lines.append(f"{indent}not ok {num} {name} # ERROR harness or guest error")
     else:
@@ -174,23 +98,23 @@ def ktap_case(case: dict, num: int, indent: str) -> list[str]:
     return lines
 
 
-def ktap_config(name: str, cases: list[dict], num: int) -> list[str]:
+def ktap_config(name: str, cases: list[CaseRecord], num: int) -> list[str]:
     """One config as a nested test, its cases as subtests, 2 spaces in."""
     name, inner = ktap_name(name), "  "
     lines = [f"{inner}KTAP version 1", f"{inner}# Subtest: {name}", f"{inner}1..{len(cases)}"]
     for i, case in enumerate(cases, 1):
         lines += ktap_case(case, i, inner)
-    ok = all(c["outcome"] in OK_OUTCOMES for c in cases)
+    ok = all(c.outcome.ok for c in cases)
     lines.append(f"{'ok' if ok else 'not ok'} {num} {name}")
     return lines
 
 
-def ktap(summary: dict) -> str:
-    groups = by_config(check_summary(summary)["cases"])
+def ktap(summary: RunSummary) -> str:
+    groups = by_config(summary.cases)
     lines = ["KTAP version 1", f"1..{len(groups)}"]
     for num, (name, cases) in enumerate(groups.items(), 1):
         lines += ktap_config(name, cases, num)
-    counts = outcome_counts(summary["cases"])
+    counts = summary.counts()
     lines.append("# totals: " + " ".join(f"{k}:{v}" for k, v in counts.items()))
     return "\n".join(lines) + "\n"
 
@@ -205,22 +129,23 @@ def _number(value) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _cpus(case: dict) -> int | None:
-    cpus = (case.get("spec") or {}).get("cpus")
+def _cpus(case: CaseRecord) -> int | None:
+    cpus = case.spec.get("cpus")
     return cpus if isinstance(cpus, int) and not isinstance(cpus, bool) else None
 
 
-def series(cases: list[dict], scenario: str, values) -> dict[str, list[tuple[int, float]]]:
+def series(cases: list[CaseRecord], scenario: str,
+           values) -> dict[str, list[tuple[int, float]]]:
     """(vCPU count, value) points per detector; `values(measurements)` gives
     the values of one case."""
     out: dict[str, list[tuple[int, float]]] = {}
     for case in cases:
         cpus = _cpus(case)
-        if case["scenario"] != scenario or cpus is None:
+        if case.scenario != scenario or cpus is None:
             continue
-        points = [(cpus, v) for v in values(case.get("measurements") or {})]
+        points = [(cpus, v) for v in values(case.measurements)]
         if points:
-            out.setdefault(case["detector"], []).extend(points)
+            out.setdefault(case.detector, []).extend(points)
     return out
 
 
@@ -292,7 +217,7 @@ PLOTS = (  # (scenario, title, y label, values of one case, caption)
 )
 
 
-def plots_html(cases: list[dict]) -> str:
+def plots_html(cases: list[CaseRecord]) -> str:
     parts = []
     for scenario, title, ylabel, values, caption in PLOTS:
         data = series(cases, scenario, values)
@@ -308,16 +233,16 @@ def plots_html(cases: list[dict]) -> str:
 
 # --- the reporting boundary (boundary-sweep cases) -------------------------
 
-def boundary(cases: list[dict]) -> dict[str, dict]:
+def boundary(cases: list[CaseRecord]) -> dict[str, dict]:
     """Per detector, over its boundary-sweep cases: sections and reports per
     length (in watchdog_thresh), the shortest reported and the longest
     unreported section, and the floor the detector must respect."""
     out: dict[str, dict] = {}
     for case in cases:
-        m = case.get("measurements") or {}
-        if case["scenario"] != "boundary-sweep" or not isinstance(m.get("by_length"), dict):
+        m = case.measurements
+        if case.scenario != "boundary-sweep" or not isinstance(m.get("by_length"), dict):
             continue
-        d = out.setdefault(case["detector"], {"lengths": {}, "shortest": None,
+        d = out.setdefault(case.detector, {"lengths": {}, "shortest": None,
                                               "longest": None, "floor": m.get("floor_x_thresh"),
                                               "cases": 0})
         d["cases"] += 1
@@ -357,7 +282,7 @@ def boundary_png(data: dict[str, dict]) -> bytes:
     return buf.getvalue()
 
 
-def boundary_html(cases: list[dict]) -> str:
+def boundary_html(cases: list[CaseRecord]) -> str:
     data = boundary(cases)
     if not data:
         return ""
@@ -420,8 +345,8 @@ def cases_per_minute(n: int, wall_s) -> str:
     return f"{n / (wall / 60):.2f}" if wall and wall > 0 else "?"
 
 
-def header_html(meta: dict, cases: list[dict]) -> str:
-    counts = outcome_counts(cases)
+def header_html(meta: dict, cases: list[CaseRecord]) -> str:
+    counts = RunSummary(meta, cases).counts()
     rows = [("started", esc(meta.get("started", "?"))),
             ("wall time", esc(duration(meta.get("wall_s")))),
             ("accelerator", esc(meta.get("accel", "?"))),
@@ -430,10 +355,12 @@ def header_html(meta: dict, cases: list[dict]) -> str:
             ("outcomes", ", ".join(f'<span class="{k}">{k} {v}</span>' for k, v in counts.items())),
             ("matrix", f"<code>{esc(meta.get('matrix', '?'))}</code>"),
             ("command", f"<code>{esc(meta.get('command', '?'))}</code>")]
+    if meta.get("interrupted"):
+        rows.append(("interrupted", esc(meta["interrupted"])))
     kernels = meta.get("kernels")
     if isinstance(kernels, dict):
         rows += [(f"kernel {esc(k)}", esc(v)) for k, v in kernels.items()]
-    qemu = meta.get("qemu") or sorted({c["qemu"] for c in cases if c.get("qemu")})
+    qemu = meta.get("qemu") or sorted({c.qemu for c in cases if c.qemu})
     if qemu:
         rows.append(("QEMU", "<br>".join(esc(q) for q in
                                          ([qemu] if isinstance(qemu, str) else qemu))))
@@ -441,41 +368,40 @@ def header_html(meta: dict, cases: list[dict]) -> str:
     return f'<h1>HPET NMI hardlockup detector: run report</h1>\n<dl class="meta">{items}</dl>'
 
 
-def cell_class(cases: list[dict]) -> str:
+def cell_class(cases: list[CaseRecord]) -> str:
     """The worst outcome colours the cell: a real failure hides a flake."""
-    outcomes = {c["outcome"] for c in cases}
-    for worst in ("fail", "error", "flake", "skip"):
+    outcomes = {c.outcome for c in cases}
+    for worst in (Outcome.FAIL, Outcome.ERROR, Outcome.FLAKE, Outcome.SKIP):
         if worst in outcomes:
             return worst
-    return "pass"
+    return Outcome.PASS
 
 
-def where(case: dict) -> str:
-    cpu = case.get("cpu")
-    return f"cpu{cpu}" if cpu is not None else case_label(case)
+def where(case: CaseRecord) -> str:
+    return f"cpu{case.cpu}" if case.cpu is not None else case.label
 
 
-def cell_html(cases: list[dict], anchors: dict[str, str]) -> str:
+def cell_html(cases: list[CaseRecord], anchors: dict[str, str]) -> str:
     if not cases:
         return '<td class="cell none">&ndash;</td>'
-    ok = sum(c["outcome"] in OK_OUTCOMES for c in cases)
-    tip = "\n".join(f"{where(c)}: {c['outcome']}: {first_line(c.get('reason'))}" for c in cases)
-    bad = [f'<a href="#{anchors[c["id"]]}">{esc(c["outcome"])} {esc(where(c))}</a>'
-           for c in cases if c["outcome"] != "pass"]
+    ok = sum(c.outcome.ok for c in cases)
+    tip = "\n".join(f"{where(c)}: {c.outcome}: {first_line(c.reason)}" for c in cases)
+    bad = [f'<a href="#{anchors[c.id]}">{esc(c.outcome)} {esc(where(c))}</a>'
+           for c in cases if c.outcome != Outcome.PASS]
     detail = f'<span class="detail">{", ".join(bad)}</span>' if bad else ""
     return (f'<td class="cell {cell_class(cases)}" title="{esc(tip)}">'
             f"{ok}/{len(cases)}{detail}</td>")
 
 
-def matrix_html(cases: list[dict], anchors: dict[str, str]) -> str:
-    scenarios = list(dict.fromkeys(c["scenario"] for c in cases))
+def matrix_html(cases: list[CaseRecord], anchors: dict[str, str]) -> str:
+    scenarios = list(dict.fromkeys(c.scenario for c in cases))
     head = "".join(f"<th>{esc(s)}</th>" for s in scenarios)
     rows = []
     for group in by_config(cases).values():
         first = group[0]
-        cells = "".join(cell_html([c for c in group if c["scenario"] == s], anchors)
+        cells = "".join(cell_html([c for c in group if c.scenario == s], anchors)
                         for s in scenarios)
-        rows.append(f'<tr><th>{esc(first["detector"])}</th><th>{esc(first["machine"])}</th>'
+        rows.append(f'<tr><th>{esc(first.detector)}</th><th>{esc(first.machine)}</th>'
                     f"{cells}</tr>")
     return ('<h2>Results</h2>\n<table id="matrix"><thead><tr><th>detector</th><th>machine</th>'
             f'{head}</tr></thead>\n<tbody>\n{chr(10).join(rows)}\n</tbody></table>')
@@ -493,52 +419,51 @@ def artifacts_href(path, prefix: str) -> str | None:
 
 
 def attempts_html(attempts) -> str:
-    if not isinstance(attempts, list) or not attempts:
+    if not attempts:
         return ""
     items = "".join(
-        f"<li>{'passed' if a.get('passed') else 'failed'} in {esc(duration(a.get('duration_s')))}"
-        f": {esc(a.get('reason', ''))}</li>" for a in attempts if isinstance(a, dict))
+        f"<li>{'passed' if a.passed else 'failed'} in {esc(duration(a.duration_s))}"
+        f": {esc(a.reason)}</li>" for a in attempts)
     return f"<p>Attempts:</p><ol>{items}</ol>"
 
 
-def failure_html(case: dict, anchor: str, prefix: str) -> str:
-    outcome = case["outcome"]
+def failure_html(case: CaseRecord, anchor: str, prefix: str) -> str:
+    outcome = case.outcome
     parts = [f'<section class="case {outcome}" id="{anchor}">',
-             f"<h3>{esc(case['id'])} &mdash; {esc(outcome)}</h3>",
-             f"<p>{esc(case.get('reason') or 'no reason recorded')}</p>",
-             attempts_html(case.get("attempts"))]
-    if case.get("reproduce"):
-        parts.append(f"<p>Reproduce: <code>{esc(case['reproduce'])}</code></p>")
-    href = artifacts_href(case.get("artifacts"), prefix)
+             f"<h3>{esc(case.id)} &mdash; {esc(outcome)}</h3>",
+             f"<p>{esc(case.reason or 'no reason recorded')}</p>",
+             attempts_html(case.attempts)]
+    if case.reproduce:
+        parts.append(f"<p>Reproduce: <code>{esc(case.reproduce)}</code></p>")
+    href = artifacts_href(case.artifacts, prefix)
     if href:
-        parts.append(f'<p>Artifacts: <a href="{esc(href)}">{esc(case["artifacts"])}</a></p>')
-    elif case.get("artifacts"):
-        parts.append(f"<p>Artifacts: <code>{esc(case['artifacts'])}</code></p>")
-    if case.get("console_tail"):
-        parts.append(f"<p>Console tail:</p><pre>{esc(case['console_tail'])}</pre>")
+        parts.append(f'<p>Artifacts: <a href="{esc(href)}">{esc(case.artifacts)}</a></p>')
+    elif case.artifacts:
+        parts.append(f"<p>Artifacts: <code>{esc(case.artifacts)}</code></p>")
+    if case.console_tail:
+        parts.append(f"<p>Console tail:</p><pre>{esc(case.console_tail)}</pre>")
     parts.append("</section>")
     return "\n".join(p for p in parts if p)
 
 
-SEVERITY = {"fail": 0, "error": 1, "flake": 2, "skip": 3}
+SEVERITY = {Outcome.FAIL: 0, Outcome.ERROR: 1, Outcome.FLAKE: 2, Outcome.SKIP: 3}
 
 
-def failures_html(cases: list[dict], anchors: dict[str, str], prefix: str) -> str:
-    bad = sorted((c for c in cases if c["outcome"] != "pass"),
-                 key=lambda c: SEVERITY[c["outcome"]])      # stable: run order within
+def failures_html(cases: list[CaseRecord], anchors: dict[str, str], prefix: str) -> str:
+    bad = sorted((c for c in cases if c.outcome != Outcome.PASS),
+                 key=lambda c: SEVERITY[c.outcome])         # stable: run order within
     if not bad:
         return "<h2>Failures</h2>\n<p>Every case passed at the first attempt.</p>"
     return "<h2>Failures, flakes and skips</h2>\n" + "\n".join(
-        failure_html(c, anchors[c["id"]], prefix) for c in bad)
+        failure_html(c, anchors[c.id], prefix) for c in bad)
 
 
-def html(summary: dict, link_prefix: str = "") -> str:
+def html(summary: RunSummary, link_prefix: str = "") -> str:
     """The report page. `link_prefix` is the path from the page to the
     summary's output dir, for artifact links when the page lives elsewhere."""
-    cases = check_summary(summary)["cases"]
-    meta = summary.get("meta") or {}
+    cases, meta = summary.cases, summary.meta
     # anchors by position: ids are only assumed unique, not trusted to be
-    anchors = {c["id"]: f"case-{i}" for i, c in reversed(list(enumerate(cases)))}
+    anchors = {c.id: f"case-{i}" for i, c in reversed(list(enumerate(cases)))}
     body = [header_html(meta, cases), matrix_html(cases, anchors),
             failures_html(cases, anchors, link_prefix), boundary_html(cases),
             plots_html(cases)]
@@ -549,21 +474,8 @@ def html(summary: dict, link_prefix: str = "") -> str:
 
 # --- files ----------------------------------------------------------------
 
-def write_atomic(path: Path, text: str) -> None:
-    """Readers (a browser, CI upload) never see a half-written report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # a console tail may carry undecodable bytes as lone surrogates
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)            # mkstemp makes 0600; reports are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_reports(summary: dict, out_dir: Path, link_prefix: str = "") -> dict[str, Path]:
+def write_reports(summary: RunSummary, out_dir: Path,
+                  link_prefix: str = "") -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # render both first, so an error leaves no new file at all
@@ -576,8 +488,8 @@ def write_reports(summary: dict, out_dir: Path, link_prefix: str = "") -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.report",
-                                     description="Regenerate report.html and report.ktap "
-                                                 "from a saved run summary.")
+                                     description="Regenerate report.html, report.ktap "
+                                                 "and junit.xml from a saved run summary.")
     parser.add_argument("results", type=Path, help="the summary, e.g. out/results.json")
     parser.add_argument("--out", type=Path, help="output dir (default: the summary's dir)")
     args = parser.parse_args(argv)
@@ -585,8 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     # artifact paths are relative to the summary's dir, the page may be elsewhere
     prefix = os.path.relpath(args.results.parent.resolve(), out_dir.resolve())
     try:
-        summary = load_summary(args.results)
+        summary = RunSummary.load(args.results)
         paths = write_reports(summary, out_dir, "" if prefix == "." else prefix)
+        # the cases' console events and tails: from their artifacts, next to
+        # the summary
+        paths["junit"] = out_dir / "junit.xml"
+        write_atomic(paths["junit"], junit.xml(summary, args.results.parent))
     except (SummaryError, OSError) as e:
         print(f"harness.report: error: {e}", file=sys.stderr)
         return 2

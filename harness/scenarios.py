@@ -6,7 +6,7 @@ measurements (detection latency from kernel timestamps) for the report.
 import time
 from dataclasses import dataclass, field
 
-from harness import expectations
+from harness import detectors, expectations
 from harness.console_events import Event, describe
 from harness.errors import HarnessError
 from harness.qemu import Guest
@@ -149,7 +149,7 @@ def soak(guest: Guest, detector: str, seconds: float) -> Result:
                       + describe(bad), m)
     runs, _ = expectations.detector_runs(detector, guest.console.text, guest.spec)
     problem = nmi_rate_problem(rates, guest.spec.watchdog_thresh) \
-        if runs and detector == "hpet" else None
+        if runs and detectors.get(detector).nmis_per_thresh else None
     if problem:
         return Result(name, label, False, f"the detector did not stay armed: {problem}", m)
     canary = hard_lockup(guest, detector, guest.spec.cpus - 1)
@@ -401,8 +401,3 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
     finally:
         guest.stop()    # the lockup never ends: nobody may reuse this guest
     return result
-
-
-def spread_cpus(cpus: int) -> list[int]:
-    """First, middle and last CPU, without repeats."""
-    return sorted({0, cpus // 2, cpus - 1})

@@ -1,54 +1,47 @@
-"""Shared fixtures: the built kernel, the accelerator, the guest pool, and
-the scenario cases (from HARNESS_CASES, written by `python -m harness run`,
-or else the default matrix for the detectors in HARNESS_DETECTORS)."""
-import json
+"""Shared fixtures for the harness's own tests: the built kernel, the
+accelerator and a guest pool, all for one detector, the first of
+--detectors (default: every detector; `make test` passes DETECTORS).
+Matrix cases are not tests here: `python -m harness run` runs them
+(harness/runner.py)."""
 import os
 from pathlib import Path
 
 import pytest
 
 from harness import accel as accel_mod
-from harness import kbuild, matrix
+from harness import initramfs, kbuild
 from harness.case_runner import GuestPool
-from harness.errors import GuestError
+from harness.errors import GuestError, HarnessError
 from harness.paths import REPO
 
-pytest_plugins = ["reporting"]
 
-# HARNESS_DETECTORS=hpet,buddy: the detectors whose kernels the scenario
-# tests run, side by side; the first one is the default kernel's.
-DETECTORS = os.environ.get("HARNESS_DETECTORS", ",".join(kbuild.DETECTORS)).split(",")
-DETECTOR = DETECTORS[0]
-OUT = Path(os.environ.get("HARNESS_OUT", REPO / "out"))
-DEFAULT_MATRIX = REPO / "matrix" / "nightly.toml"
-RETRIES = int(os.environ.get("HARNESS_RETRIES", "1"))
+def pytest_addoption(parser):
+    parser.addoption("--detectors", default=",".join(kbuild.DETECTORS),
+                     help="detectors whose kernels the tests may use, comma separated; "
+                     "the first is the one the guest tests boot (default: %(default)s)")
+    parser.addoption("--harness-out", default=str(REPO / "out"),
+                     help="where the guest tests keep their guests' directories")
 
 
-def load_cases() -> list[matrix.Case]:
-    path = os.environ.get("HARNESS_CASES")
-    if path:
-        return [matrix.Case.from_dict(d) for d in json.loads(Path(path).read_text())]
-    return matrix.select(matrix.load(DEFAULT_MATRIX), detectors=DETECTORS)
-
-
-CASES = load_cases()
-_pool: GuestPool | None = None
-
-
-def _session_pool(accel: str) -> GuestPool:
-    global _pool
-    if _pool is None:
-        _pool = GuestPool(accel, OUT, os.environ.get("KERNEL_SRC"))
-    return _pool
-
-
-def build(detector: str):
-    return _session_pool("tcg").build(detector)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kernel: needs the built kernel (and maybe guests)")
+    for d in config.getoption("--detectors").split(","):
+        if d not in kbuild.DETECTORS:
+            raise pytest.UsageError(f"--detectors: unknown detector {d!r}; known: "
+                                    f"{', '.join(kbuild.DETECTORS)}")
 
 
 @pytest.fixture(scope="session")
-def built():
-    return build(DETECTOR)
+def detector(pytestconfig) -> str:
+    return pytestconfig.getoption("--detectors").split(",")[0]
+
+
+@pytest.fixture(scope="session")
+def built(detector):
+    try:
+        return initramfs.build_guest(detector, os.environ.get("KERNEL_SRC"))
+    except HarnessError as e:
+        pytest.fail(f"the {detector} kernel: {e}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -58,9 +51,9 @@ def accel(built):
 
 
 @pytest.fixture(scope="session")
-def pool(accel):
-    p = _session_pool(accel)
-    p.accel = accel
+def pool(pytestconfig, detector, built, accel):
+    p = GuestPool(accel, Path(pytestconfig.getoption("--harness-out")),
+                  os.environ.get("KERNEL_SRC"), built={detector: built})
     yield p
     p.retire()
 
@@ -73,10 +66,6 @@ def pytest_runtest_makereport(item, call):
     if call.excinfo is not None and isinstance(call.excinfo.value, GuestError):
         report.sections.append(("Captured stdout guest console tail",
                                 call.excinfo.value.console_tail))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "kernel: needs the built kernel (and maybe guests)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,19 +2,22 @@
 between and during them."""
 import time
 
-from conftest import DETECTOR
+import pytest
+
 from harness import expectations
 from harness.machine import MachineSpec
 
-SPEC = MachineSpec(cpus=1, **expectations.machine_defaults(DETECTOR))
+
+@pytest.fixture
+def guest(pool, detector):
+    return pool.get(detector, MachineSpec(cpus=1, **expectations.machine_defaults(detector)))
 
 
-def test_request_survives_orphan_exit_mid_line(pool):
+def test_request_survives_orphan_exit_mid_line(guest):
     """An orphaned background job exits while a request is half-way down
     the wire. When the agent was PID 1 it got that SIGCHLD, busybox
     restarted its "read" and the first half of the line was lost (a CI run
     hung on it after a test_lockup injection)."""
-    guest = pool.get(DETECTOR, SPEC)
     guest.check("sh -c '(sleep 1; echo harness-orphan-exited > /dev/kmsg) &'")
     child = guest.agent.child
     child.send("half1 echo split-")
@@ -27,6 +30,5 @@ def test_request_survives_orphan_exit_mid_line(pool):
     assert "split-request-ok" in child.before
 
 
-def test_agent_is_not_pid1(pool):
-    guest = pool.get(DETECTOR, SPEC)
+def test_agent_is_not_pid1(guest):
     assert guest.check("echo $PPID").strip() != "1"

@@ -13,7 +13,7 @@ import pytest
 
 from harness.paths import REPO
 
-from test_cleanup import _qemus_for, _wait
+from test_cleanup import qemus_for, wait_until
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_boot_lock_qmp_and_quit(session, built):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    assert _wait(lambda: not _qemus_for(str(out)), 20), "QEMU left running"
+    assert wait_until(lambda: not qemus_for(str(out)), 20), "QEMU left running"
     log = next(out.glob("boot-*/console.log"))
     assert re.search(r"Watchdog detected hard LOCKUP on cpu 2", log.read_text())
     assert "lockup_inject: count must be 1..100" in log.read_text()

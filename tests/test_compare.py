@@ -84,4 +84,4 @@ def test_bad_input(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"harness: error: {junk}: not a results.json of `harness run` "
-        "(list indices must be integers or slices, not str)"]
+        "(summary is an array, not an object with 'meta' and 'cases')"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import console_events
 from harness.console import ConsoleLog
 from harness.console_events import (
     KINDS,
@@ -635,3 +636,12 @@ def test_empty_input():
     assert format_events([], as_json=False) == ""
     assert format_events([], as_json=True) == "[]"
     assert summarize([]) == dict.fromkeys(KINDS, 0)
+
+
+def test_every_rule_kind_is_an_event_kind_and_compares_as_its_name():
+    assert set(console_events.KINDS) == set(console_events.EventKind)
+    e = console_events.Event("hard_lockup", 1.0, 1, "hard LOCKUP on cpu 1", 1, "x")
+    assert e.kind is console_events.EventKind.HARD_LOCKUP and e.kind == "hard_lockup"
+    assert json.loads(json.dumps(e.to_dict()))["kind"] == "hard_lockup"
+    with pytest.raises(ValueError):
+        console_events.Event("hard_lockupp", 1.0, 1, "", 1, "")

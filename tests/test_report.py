@@ -9,6 +9,7 @@ import html
 import importlib
 import json
 import sys
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
@@ -16,6 +17,9 @@ from urllib.parse import quote
 import pytest
 
 from harness import report
+from harness.records import RunSummary
+
+typed = RunSummary.from_dict   # the tests edit dicts; the reports take records
 
 SAMPLE = Path(__file__).parent / "data" / "results-sample.json"
 NOT_OK = ("fail", "error")
@@ -70,13 +74,13 @@ def parse(kunit_parser, text: str):
 
 
 def test_ktap_parses_without_errors(kunit_parser, summary):
-    tree = parse(kunit_parser, report.ktap(summary))
+    tree = parse(kunit_parser, report.ktap(typed(summary)))
     assert tree.counts.errors == 0
     assert tree.status != kunit_parser.TestStatus.FAILURE_TO_PARSE_TESTS
 
 
 def test_ktap_one_test_per_config(kunit_parser, summary):
-    tree = parse(kunit_parser, report.ktap(summary))
+    tree = parse(kunit_parser, report.ktap(typed(summary)))
     groups = configs(summary)
     assert [t.name for t in tree.subtests] == list(groups)
     for test, cases in zip(tree.subtests, groups.values()):
@@ -86,7 +90,7 @@ def test_ktap_one_test_per_config(kunit_parser, summary):
 
 def test_ktap_statuses_match_outcomes(kunit_parser, summary):
     status = kunit_parser.TestStatus
-    tree = parse(kunit_parser, report.ktap(summary))
+    tree = parse(kunit_parser, report.ktap(typed(summary)))
     for test, cases in zip(tree.subtests, configs(summary).values()):
         for sub, case in zip(test.subtests, cases):
             want = status.FAILURE if case["outcome"] in NOT_OK else \
@@ -97,7 +101,7 @@ def test_ktap_statuses_match_outcomes(kunit_parser, summary):
 
 
 def test_ktap_totals(kunit_parser, summary):
-    tree = parse(kunit_parser, report.ktap(summary))
+    tree = parse(kunit_parser, report.ktap(typed(summary)))
     bad = sum(c["outcome"] in NOT_OK for c in summary["cases"])
     skipped = sum(c["outcome"] == "skip" for c in summary["cases"])
     assert skipped and tree.counts.skipped == skipped
@@ -112,7 +116,7 @@ def subtests_with_cases(tree, summary):
 
 
 def test_ktap_flake_is_ok_with_diagnostic(kunit_parser, summary):
-    tree = parse(kunit_parser, report.ktap(summary))
+    tree = parse(kunit_parser, report.ktap(typed(summary)))
     for sub, case in subtests_with_cases(tree, summary):
         if case["outcome"] == "flake":
             assert sub.status == kunit_parser.TestStatus.SUCCESS
@@ -120,7 +124,7 @@ def test_ktap_flake_is_ok_with_diagnostic(kunit_parser, summary):
 
 
 def test_ktap_failures_carry_reason_and_reproduce(kunit_parser, summary):
-    tree = parse(kunit_parser, report.ktap(summary))
+    tree = parse(kunit_parser, report.ktap(typed(summary)))
     for sub, case in subtests_with_cases(tree, summary):
         if case["outcome"] in NOT_OK:
             log = "\n".join(sub.log)
@@ -134,7 +138,7 @@ def test_ktap_hostile_names_and_reasons(kunit_parser, summary):
     case["id"] = "x/y/odd # name\nwith newline"
     case["detector"], case["machine"] = "det#1", "m\nachine"
     case["reason"] = "first line\nSubtest: fake\nreboot: System halted\nKernel panic - not syncing: VFS: x"
-    text = report.ktap({"meta": {}, "cases": [case]})
+    text = report.ktap(typed({"meta": {}, "cases": [case]}))
     tree = parse(kunit_parser, text)
     assert tree.counts.errors == 0
     assert tree.counts.failed == 1 and tree.counts.passed == 0
@@ -144,13 +148,13 @@ def test_ktap_hostile_names_and_reasons(kunit_parser, summary):
 
 
 def test_ktap_nesting_is_two_spaces(summary):
-    lines = report.ktap(summary).splitlines()
+    lines = report.ktap(typed(summary)).splitlines()
     assert lines[0] == "KTAP version 1"
     assert lines.count("  KTAP version 1") == len(configs(summary))
 
 
 def test_ktap_empty_run():
-    text = report.ktap({"meta": {}, "cases": []})
+    text = report.ktap(typed({"meta": {}, "cases": []}))
     assert text.splitlines()[:2] == ["KTAP version 1", "1..0"]
 
 
@@ -205,7 +209,7 @@ class Page(HTMLParser):
 
 def page(summary) -> Page:
     p = Page()
-    p.feed(report.html(summary))
+    p.feed(report.html(typed(summary)))
     p.close()
     return p
 
@@ -234,7 +238,7 @@ def test_html_cells_count_passes(summary):
 
 def test_html_lists_every_non_passing_case(summary):
     p = page(summary)
-    text = report.html(summary)
+    text = report.html(typed(summary))
     for case in summary["cases"]:
         if case["outcome"] != "pass":
             assert f"<h3>{html.escape(case['id'])} &mdash;" in text
@@ -279,7 +283,7 @@ def test_html_without_plot_data_says_so(summary):
     for case in bare["cases"]:
         case["measurements"] = {}
     p = page(bare)
-    text = report.html(bare)
+    text = report.html(typed(bare))
     assert p.imgs == []
     assert text.count('class="note"') == len(report.PLOTS)
 
@@ -297,30 +301,30 @@ def test_html_artifact_links_are_relative(summary):
 
 def test_exit_status(summary):
     bad = any(c["outcome"] in NOT_OK for c in summary["cases"])
-    assert report.exit_status(summary) == (1 if bad else 0)
+    assert typed(summary).exit_status == (1 if bad else 0)
     for case in summary["cases"]:
         if case["outcome"] in NOT_OK:
             case["outcome"] = "pass"
-    assert report.exit_status(summary) == 0
+    assert typed(summary).exit_status == 0
     summary["cases"][0]["outcome"] = "flake"
-    assert report.exit_status(summary) == 0
+    assert typed(summary).exit_status == 0
     summary["cases"][0]["outcome"] = "error"
-    assert report.exit_status(summary) == 1
+    assert typed(summary).exit_status == 1
 
 
 def test_write_reports(summary, tmp_path):
     out = tmp_path / "out"
-    paths = report.write_reports(summary, out)
+    paths = report.write_reports(typed(summary), out)
     assert set(paths) == {"html", "ktap"}
     assert paths["html"] == out / "report.html" and paths["ktap"] == out / "report.ktap"
-    assert paths["ktap"].read_text() == report.ktap(summary)
+    assert paths["ktap"].read_text() == report.ktap(typed(summary))
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.ktap"]
 
 
 def test_write_reports_undecodable_console(summary, tmp_path):
     # bytes the harness decoded with surrogateescape survive json as \udcXX
     summary["cases"][0].update(outcome="fail", console_tail="bad byte: \udcff")
-    paths = report.write_reports(summary, tmp_path)
+    paths = report.write_reports(typed(summary), tmp_path)
     assert "bad byte: ?" in paths["html"].read_text()
 
 
@@ -330,6 +334,8 @@ def test_main_writes_reports(tmp_path, capsys):
     assert report.main([str(results)]) == 0
     assert (tmp_path / "report.html").stat().st_size > 0
     assert (tmp_path / "report.ktap").read_text().startswith("KTAP version 1\n")
+    assert len(list(ET.parse(tmp_path / "junit.xml").iter("testcase"))) == \
+        len(json.loads(SAMPLE.read_text())["cases"])
 
 
 def test_main_out_dir_keeps_artifact_links(tmp_path, summary):

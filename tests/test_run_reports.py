@@ -65,11 +65,12 @@ def test_results_and_artifacts(canary_run):
 
 def test_junit_has_the_failure_and_console_tails(canary_run):
     _, out = canary_run
-    cases = {tc.get("name"): tc for tc in ET.parse(out / "junit.xml").iter("testcase")}
-    bad = cases["test_scenario[hpet/2cpu-noiommu/canary-wrong-cpu@cpu0]"]
+    cases = {f'{tc.get("classname")}/{tc.get("name")}': tc
+             for tc in ET.parse(out / "junit.xml").iter("testcase")}
+    bad = cases["hpet/2cpu-noiommu/canary-wrong-cpu@cpu0"]
     failure = bad.find("failure")
     assert failure is not None and "reproduce: python -m harness run" in failure.get("message")
-    good = cases["test_scenario[hpet/2cpu-noiommu/hard-lockup@cpu1]"]
+    good = cases["hpet/2cpu-noiommu/hard-lockup@cpu1"]
     assert good.find("failure") is None
     # The case's console events, then its console tail.
     out_text = good.find("system-out").text
