@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import os
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def _busybox_applets() -> list[str]:
     return [a for a in out.split() if a and a != "bin/busybox"]
 
 
+def _private_tmp(path: Path) -> Path:
+    """A temporary name next to `path` that no other process uses: guest
+    pools in several processes may build the same file at once, and each
+    then replaces it atomically with the same content."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def _build_tools(out_dir: Path) -> dict:
     """Compile guest/tools/*.c as static binaries (the guest has no libc)."""
     tools = {}
@@ -62,12 +70,13 @@ def _build_tools(out_dir: Path) -> dict:
         exe = out_dir / "tools" / src.stem
         if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
             exe.parent.mkdir(parents=True, exist_ok=True)
-            tmp = exe.with_suffix(".tmp")
+            tmp = _private_tmp(exe)
             res = subprocess.run(["cc", "-static", "-Os", "-Wall", "-o", str(tmp), str(src)],
                                  capture_output=True, text=True)
             if res.returncode != 0:
+                tmp.unlink(missing_ok=True)
                 raise HarnessError(f"cannot build {src.name}: {res.stderr.strip()[-300:]}")
-            os.rename(tmp, exe)
+            os.replace(tmp, exe)
         tools[f"bin/{src.stem}"] = exe
     return tools
 
@@ -99,9 +108,9 @@ def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     for dst, p in mods.items():
         cpio.add(dst, 0o100644, p.read_bytes())
     cpio.add("etc/kernel-release", 0o100644, kernel.release.encode() + b"\n")
-    tmp = out.with_suffix(".tmp")
+    tmp = _private_tmp(out)
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
-    os.rename(tmp, out)
+    os.replace(tmp, out)
     return out
 
 
