@@ -17,7 +17,7 @@ def _on_off(value: str) -> bool:
 
 
 def cmd_kernel(args) -> int:
-    from harness import detectors, kbuild
+    from harness import kbuild
     kernel = kbuild.build_kernel(args.detector, os.environ.get("KERNEL_SRC"))
     print(kernel.bzimage)
     return 0
@@ -417,7 +417,7 @@ def cmd_scp(args) -> int:
 def cmd_module(args) -> int:
     """Build an out-of-tree module against the guest kernel, in its own
     directory (kbuild's M=), to copy into a running guest."""
-    from harness import detectors, kbuild
+    from harness import kbuild
     src = Path(args.dir).resolve()
     if not (src / "Kbuild").is_file() and not (src / "Makefile").is_file():
         raise HarnessError(f"{src} has no Kbuild or Makefile")

@@ -30,20 +30,24 @@ def _nmi_rows(guest: Guest) -> str:
     return guest.check("grep -E '^ +CPU0|^ *NMI:' /proc/interrupts")
 
 
+def _monitored(guest: Guest) -> set[int]:
+    """The CPUs the HPET detector monitors, from its debugfs."""
+    return cpulist(guest.check(f"cat {HLD_DEBUGFS}/monitored_cpus"))
+
+
 def _wait_monitored(guest: Guest, detector: str, want: set[int]) -> None:
     """Until the HPET detector monitors exactly `want` (it says so in
     debugfs once reconfigured); other detectors have no such marker."""
     if detector != "hpet":
         return
-    path = f"{HLD_DEBUGFS}/monitored_cpus"
-    seen: list[str] = []
+    seen: list[set[int]] = []
 
     def done() -> bool:
-        seen.append(guest.run(f"cat {path}").output.strip())
-        return cpulist(seen[-1]) == want
+        seen.append(_monitored(guest))
+        return seen[-1] == want
     if not guest.console.wait_until(done, time.monotonic() + 10 * guest.scale, guest.alive):
-        raise guest.failure(f"the HPET detector monitors {seen[-1] if seen else '?'}, "
-                            f"not cpus {sorted(want)}")
+        raise guest.failure(f"the HPET detector monitors cpus "
+                            f"{sorted(seen[-1]) if seen else '?'}, not {sorted(want)}")
 
 
 def untouched_cpus(guest: Guest, detector: str) -> Result:
@@ -87,14 +91,9 @@ def unbooted_cpus(guest: Guest, detector: str) -> Result:
         raise HarnessError(f"{label}: unbooted-cpus needs nr_cpus= or maxcpus= below the "
                            f"machine's {hw} CPUs on its command line")
 
-    def monitored() -> list[int] | None:
-        if detector != "hpet":
-            return None
-        return sorted(cpulist(guest.check(f"cat {HLD_DEBUGFS}/monitored_cpus")))
-
     start = mark(guest)
     bad = observe(guest, 3.0 * guest.spec.watchdog_thresh, LOCKUP_KINDS + BAD_KINDS)
-    mon = monitored()
+    mon = sorted(_monitored(guest)) if detector == "hpet" else None
     lockups: dict[int, tuple[bool, str]] = {}
     h = handling_cpu(guest, detector)
     target = next((c for c in reversed(online) if c != h), h)

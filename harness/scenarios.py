@@ -6,7 +6,7 @@ measurements (detection latency from kernel timestamps) for the report.
 import time
 from dataclasses import dataclass, field
 
-from harness import detectors, expectations
+from harness import detectors, expectations, verdicts
 from harness.console_events import Event, describe
 from harness.errors import HarnessError
 from harness.qemu import Guest
@@ -94,11 +94,15 @@ SOAK_CHECK_S = 60    # how often a soaking guest must still answer
 
 
 def nmi_counts(guest: Guest) -> list[int]:
-    """Per-CPU NMI counts from /proc/interrupts."""
-    for line in guest.check("cat /proc/interrupts").splitlines():
-        if line.strip().startswith("NMI:"):
-            return [int(x) for x in line.split()[1:1 + guest.spec.cpus]]
-    raise HarnessError("no NMI line in /proc/interrupts")
+    """Per-CPU NMI counts from /proc/interrupts, CPU 0 up; its columns are
+    read from the header by verdicts.nmi_counts (online CPUs only)."""
+    counts = verdicts.nmi_counts(guest.check("cat /proc/interrupts"))
+    if not counts:
+        raise HarnessError("no NMI line in /proc/interrupts")
+    missing = [c for c in range(guest.spec.cpus) if c not in counts]
+    if missing:
+        raise HarnessError(f"no NMI column for cpus {missing} in /proc/interrupts (offline?)")
+    return [counts[c] for c in range(guest.spec.cpus)]
 
 
 def nmi_rate_problem(rates: list[float], thresh: int) -> str | None:
