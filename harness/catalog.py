@@ -50,6 +50,10 @@ SCENARIOS = {
     # booted (a machine with nr_cpus= or maxcpus= on its command line).
     "untouched-cpus": lambda g, d, cpu: ps.untouched_cpus(g, d),
     "unbooted-cpus": lambda g, d, cpu: ps.unbooted_cpus(g, d),
+    # hardlockup_panic=1 boots a crash kernel (a machine with crash_kernel).
+    "kdump": lambda g, d, cpu: ps.kdump(g, d),
+    # The channel's IRTE follows its handling CPU (the HPET behind the IOMMU).
+    "irte-retarget": lambda g, d, cpu: ps.irte_retarget(g, d),
     # Deliberately wrong: locks up `cpu` but expects the report on the next
     # CPU. It must fail; it shows what a failure looks like in the reports.
     "canary-wrong-cpu": lambda g, d, cpu: sc.hard_lockup(
@@ -63,7 +67,7 @@ TAKES_CPU = {"hard-lockup", "soft-lockup", "hard-lockup-test_lockup",
              "canary-wrong-cpu", *(n for n in SCENARIOS if n.startswith("lkdtm-"))}
 NEEDS_TWO_CPUS = {"all-locked", "all-but-one-locked", "canary-wrong-cpu",
                   "cpumask-excluded", "handling-cpu-hotplug", "untouched-cpus",
-                  "unbooted-cpus"}
+                  "unbooted-cpus", "irte-retarget"}
 
 
 def get(name: str):

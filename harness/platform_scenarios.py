@@ -1,8 +1,8 @@
 """The detector's contract with the rest of the platform: CPUs it must not
 touch, suspend and resume, and the other users of HPET channels.
 
-- untouched-cpus: a CPU taken out of watchdog_cpumask (as nohz_full CPUs
-  are by default) takes no NMI at all from the detector.
+- untouched-cpus: a CPU taken out of watchdog_cpumask, by hand or by
+  nohz_full= at boot, takes no NMI at all from the detector.
 - unbooted-cpus: on a machine booted with nr_cpus= or maxcpus= below its
   CPU count, no NMI reaches a CPU Linux did not boot (QEMU resets the
   machine then), every online CPU is monitored, lockups are reported, also
@@ -11,17 +11,23 @@ touch, suspend and resume, and the other users of HPET channels.
   again and a lockup on every CPU is reported.
 - hpet-users: /dev/hpet and the RTC emulated on an HPET channel work beside
   the detector, and /dev/hpet never hands out the detector's channel.
+- kdump: hardlockup_panic=1 boots the loaded crash kernel, which sees no
+  stray NMI from the first kernel's HPET channel.
+- irte-retarget: with the HPET behind the IOMMU, the channel's IRTE follows
+  the handling CPU when it leaves watchdog_cpumask or goes offline.
 
 Each scenario acts and records; harness.verdicts judges what was recorded.
 """
+import re
 import time
 
-from harness import expectations, verdicts
+from harness import expectations, irte, verdicts
 from harness.contract_scenarios import came_back, check_tsc_stable, expiries, handling_cpu
-from harness.detector_scenarios import HLD_DEBUGFS, cpulist, many_locked, observe
+from harness.detector_scenarios import REMAP_ON, HLD_DEBUGFS, cpulist, many_locked, observe
 from harness.errors import HarnessError
 from harness.qemu import Guest
-from harness.scenarios import BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, mark, since
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, inject_command, mark,
+                               since, wait_event)
 
 
 def _nmi_rows(guest: Guest) -> str:
@@ -52,13 +58,22 @@ def _wait_monitored(guest: Guest, detector: str, want: set[int]) -> None:
 
 def untouched_cpus(guest: Guest, detector: str) -> Result:
     """Take the last CPU out of watchdog_cpumask: over 3 x watchdog_thresh
-    it must take no NMI at all, while the others take the detector's."""
+    it must take no NMI at all, while the others take the detector's. On a
+    machine booted with nohz_full=, the kernel has taken those CPUs out
+    of the mask itself: they are the ones watched, and the mask must say so."""
     name, label = "untouched-cpus", guest.spec.label()
     n, thresh = guest.spec.cpus, guest.spec.watchdog_thresh
     if n < 2:
         raise HarnessError("untouched-cpus needs at least 2 CPUs")
-    excluded, keep = [n - 1], list(range(n - 1))
-    guest.check(f"echo 0-{n - 2} > /proc/sys/kernel/watchdog_cpumask")
+    nohz = sorted(set().union(*(cpulist(a.split("=", 1)[1]) for a in guest.spec.cmdline_extra
+                                if a.startswith("nohz_full="))))
+    excluded = nohz or [n - 1]
+    keep = [c for c in range(n) if c not in excluded]
+    if not keep or not set(excluded) <= set(range(n)):
+        raise HarnessError(f"{label}: nohz_full={nohz} must leave one of cpus 0-{n - 1}")
+    mask = sorted(cpulist(guest.check("cat /proc/sys/kernel/watchdog_cpumask")))
+    if not nohz:
+        guest.check(f"echo {','.join(map(str, keep))} > /proc/sys/kernel/watchdog_cpumask")
     try:
         _wait_monitored(guest, detector, set(keep))
         start = mark(guest)
@@ -70,13 +85,15 @@ def untouched_cpus(guest: Guest, detector: str) -> Result:
         elapsed = time.monotonic() - t0
         check_tsc_stable(guest, start)
     finally:
-        guest.check(f"echo 0-{n - 1} > /proc/sys/kernel/watchdog_cpumask")
+        if not nohz:
+            guest.check(f"echo 0-{n - 1} > /proc/sys/kernel/watchdog_cpumask")
     rate = expectations.hpet_nmi_rate(thresh) if detector == "hpet" else 0.0
     v = verdicts.untouched(verdicts.nmi_counts(before), verdicts.nmi_counts(after),
-                           excluded, keep, elapsed, rate, bad)
+                           excluded, keep, elapsed, rate, bad,
+                           boot_mask=mask if nohz else None)
     return Result(name, label, v.passed, v.reason,
                   {**v.measurements, "rate": rate, "interrupts_before": before,
-                   "interrupts_after": after})
+                   "interrupts_after": after, "nohz_full": nohz, "boot_mask": mask})
 
 
 def unbooted_cpus(guest: Guest, detector: str) -> Result:
@@ -172,3 +189,120 @@ def hpet_users(guest: Guest, detector: str) -> Result:
     return Result(name, label, v.passed, v.reason,
                   {**v.measurements, "status": reply.status, "irqs_wanted": HPET_USER_IRQS,
                    "expiries_wanted": round(want, 1)})
+
+
+def _irte_step(guest: Guest, step: str, away: int | None) -> verdicts.IrteStep:
+    """Where the HPET channel's NMI goes now: once the detector no longer
+    names `away` as its handling CPU, the IOMMU's table and the expiries
+    over up to 2 x thresh."""
+    seen: list[int] = []
+
+    def moved() -> bool:
+        seen.append(handling_cpu(guest, "hpet"))
+        return seen[-1] != away
+    if not guest.console.wait_until(moved, time.monotonic() + 10 * guest.scale, guest.alive):
+        seen.append(handling_cpu(guest, "hpet"))
+    before = expiries(guest)
+    table = guest.check(f"cat {irte.PATH}")
+    cpuinfo = guest.check("grep -E '^(processor|apicid)' /proc/cpuinfo")
+    after: list[int | None] = [before]
+
+    def counted() -> bool:
+        after[0] = expiries(guest)
+        return None not in (before, after[0]) and after[0] > before
+    guest.console.wait_until(counted, time.monotonic()
+                             + 2 * guest.spec.watchdog_thresh * guest.scale, guest.alive)
+    return verdicts.IrteStep(step, away, seen[-1], cpuinfo, table, (before, after[0]))
+
+
+def irte_retarget(guest: Guest, detector: str) -> Result:
+    """With the HPET behind the IOMMU, the channel's NMI is an IRTE, which
+    the detector moves from process context when its handling CPU leaves
+    watchdog_cpumask or goes offline: after each such change the IRTE is
+    aimed at the new handling CPU's APIC ID and the expiries arrive."""
+    name, label, spec = "irte-retarget", guest.spec.label(), guest.spec
+    if detector != "hpet" or spec.iommu_mode != "described":
+        raise HarnessError("irte-retarget needs the HPET detector behind the IOMMU "
+                           "(--detector hpet --iommu described)")
+    n = spec.cpus
+    if n < 3:
+        raise HarnessError("irte-retarget needs at least 3 CPUs")
+    start = mark(guest)
+    steps = [_irte_step(guest, "booted", None)]
+    first = steps[0].handling_cpu
+    try:
+        guest.check("echo " + ",".join(str(c) for c in range(n) if c != first)
+                    + " > /proc/sys/kernel/watchdog_cpumask")
+        steps.append(_irte_step(guest, f"cpu {first} out of watchdog_cpumask", first))
+        second = steps[-1].handling_cpu
+        if second != 0:             # x86 cannot offline CPU 0
+            guest.check(f"echo 0 > /sys/devices/system/cpu/cpu{second}/online", timeout=60)
+            steps.append(_irte_step(guest, f"cpu {second} offline", second))
+    finally:
+        for cpu in range(1, n):
+            guest.run(f"echo 1 > /sys/devices/system/cpu/cpu{cpu}/online", timeout=60)
+        guest.check(f"echo 0-{n - 1} > /proc/sys/kernel/watchdog_cpumask")
+    steps.append(_irte_step(guest, "every cpu back", None))
+    check_tsc_stable(guest, start)
+    bad = since(guest, start, LOCKUP_KINDS + BAD_KINDS)
+    text = guest.console.text
+    remap = re.search(REMAP_ON, text)
+    v = verdicts.irte_follows(steps, bool(remap) and remap.group(1) == "x2apic",
+                              verdicts.apic_routing(text), bad)
+    return Result(name, label, v.passed, v.reason,
+                  {**v.measurements, "tables": [s.table for s in steps],
+                   "cpuinfo": [s.cpuinfo for s in steps]})
+
+
+def _crash_cmdline(cmdline: str) -> str:
+    """The crash kernel's command line: this kernel's without the crash
+    reservation, the panic setting and the CPU limits, plus what kdump
+    kernels take (one CPU, interrupts polled, devices reset)."""
+    drop = ("crashkernel=", "sysctl.kernel.hardlockup_panic=", "nr_cpus=", "maxcpus=")
+    kept = [a for a in cmdline.split() if not a.startswith(drop)]
+    return " ".join(kept + ["nr_cpus=1", "irqpoll", "reset_devices"])
+
+
+def kdump(guest: Guest, detector: str) -> Result:
+    """On a machine with a crash kernel reservation (crash_kernel_mb): load
+    the crash kernel, set hardlockup_panic=1 and lock up the last CPU: the
+    report panics, the crash kernel boots, reaches userspace with a
+    /proc/vmcore, sees no stray NMI (the first kernel's HPET channel) and,
+    asked for nmi_watchdog=hpet, runs the detector again. The guest is
+    retired."""
+    name, label, spec = "kdump", guest.spec.label(), guest.spec
+    if not spec.crash_kernel_mb:
+        raise HarnessError(f"{label}: kdump needs a crash kernel reservation "
+                           "(crash_kernel = <MiB> in the matrix, --crash-kernel)")
+    try:
+        cmdline = _crash_cmdline(guest.check("cat /proc/cmdline"))
+        loaded = guest.run(f"kdump-load '{cmdline}'", timeout=60)
+        if loaded.status != 0 or guest.check("cat /sys/kernel/kexec_crash_loaded").strip() != "1":
+            return Result(name, label, False, f"no crash kernel loaded: {loaded.output.strip()}",
+                          {"cmdline": cmdline})
+        guest.check("echo 1 > /proc/sys/kernel/hardlockup_panic")
+        cpu = spec.cpus - 1
+        thresh = spec.watchdog_thresh
+        offset = len(guest.console.text)
+        start = mark(guest)
+        guest.send(inject_command("lockup_inject", "irqoff", cpu, 10 * thresh * 1000))
+        bound = expectations.hard_lockup_bound_s(detector, thresh)
+        wait_event(guest, start, "panic", None, bound + 10)
+        ready = guest.console.wait_until(
+            lambda: verdicts.AGENT_READY in guest.console.text[offset:].partition(
+                verdicts.BOOT_LINE)[2], time.monotonic() + 90 * guest.scale, guest.alive)
+        dump = None
+        if ready:
+            guest.agent.wait_ready(time.monotonic() + 30 * guest.scale)
+            found = guest.run(f"vmcore-find /proc/vmcore '{verdicts.DUMP_REPORT}' "
+                              f"'{verdicts.DUMP_PANIC}'", timeout=120)
+            dump = found.output.splitlines() if found.status == 0 else None
+            observe(guest, 3.0 * thresh, LOCKUP_KINDS + BAD_KINDS)
+        guest.console.refresh()
+        v = verdicts.kdump(guest.console.text[offset:], cpu, dump,
+                           detector == "hpet" and "nmi_watchdog=hpet" in cmdline.split(),
+                           BAD_KINDS + LOCKUP_KINDS)
+        return Result(name, label, v.passed, v.reason, {**v.measurements, "cpu": cpu,
+                                                         "cmdline": cmdline})
+    finally:
+        guest.stop()     # it runs the crash kernel now, or must not be trusted

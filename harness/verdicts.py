@@ -6,8 +6,8 @@ events. No guest and no I/O here, so a captured log is a regression test
 import re
 from dataclasses import dataclass
 
-from harness import expectations
-from harness.console_events import Event, describe
+from harness import expectations, irte
+from harness.console_events import Event, describe, parse_text
 from harness.inject_log import Lockup, NmiSent
 
 # A report's timestamp is taken in the NMI that detected the lockup, while
@@ -157,13 +157,18 @@ def nmi_counts(proc_interrupts: str) -> dict[int, int]:
 
 
 def untouched(before: dict[int, int], after: dict[int, int], excluded: list[int],
-              monitored: list[int], window_s: float, rate: float, bad: list[Event]) -> Verdict:
+              monitored: list[int], window_s: float, rate: float, bad: list[Event],
+              boot_mask: list[int] | None = None) -> Verdict:
     """CPUs outside watchdog_cpumask take no NMI from the detector over the
     window; the monitored ones keep taking theirs (`rate` per second, 0 for a
-    detector that sends none)."""
+    detector that sends none). `boot_mask`: watchdog_cpumask as the kernel
+    set it at boot (nohz_full=), which must be exactly `monitored`."""
     delta = {c: after.get(c, 0) - before.get(c, 0) for c in sorted(set(before) | set(after))}
     m = {"window_s": window_s, "excluded": excluded, "monitored": monitored,
          "nmis": {str(c): d for c, d in delta.items()}}
+    if boot_mask is not None and boot_mask != monitored:
+        return Verdict(False, f"watchdog_cpumask is {boot_mask} at boot, want {monitored} "
+                       f"(nohz_full={excluded} takes those out)", m)
     if bad:
         return Verdict(False, "unexpected: " + describe(bad), m)
     touched = {c: delta.get(c, 0) for c in excluded if delta.get(c, 0)}
@@ -231,3 +236,170 @@ def hpet_users(output: str, channel: int | None, irqs_wanted: int,
     return Verdict(True, f"/dev/hpet handed out channels {channels}, not the detector's "
                    f"({channel}); {m['irqs']} interrupts; the RTC updated; the detector "
                    "went on", m)
+
+
+def apic_ids(cpuinfo: str) -> dict[int, int]:
+    """CPU number -> APIC ID, from the processor and apicid lines of
+    /proc/cpuinfo (online CPUs only)."""
+    ids: dict[int, int] = {}
+    cpu = None
+    for line in cpuinfo.splitlines():
+        key, _, value = (s.strip() for s in line.partition(":"))
+        if key == "processor":
+            cpu = int(value)
+        elif key == "apicid" and cpu is not None:
+            ids[cpu] = int(value)
+    return ids
+
+
+@dataclass(frozen=True)
+class IrteStep:
+    """The HPET channel's routing at one step of irte-retarget: the
+    handling CPU (debugfs), /proc/cpuinfo's APIC IDs, the IOMMU's table,
+    and the detector's expiries over the following thresh. `away`: the
+    CPU this step took from the detector (out of the mask, offline)."""
+    step: str
+    away: int | None
+    handling_cpu: int
+    cpuinfo: str
+    table: str
+    expiries: tuple[int | None, int | None]
+
+
+# "APIC: Switched APIC routing to: <name>": Linux's APIC driver, whose
+# destination mode the IRTEs take (drivers/iommu/intel/irq_remapping.c).
+# Without that line, the 64-bit kernel's first driver
+# (arch/x86/kernel/apic/apic_flat_64.c) stayed.
+APIC_ROUTING = re.compile(r"APIC: Switched APIC routing to: (.+?)\s*$", re.M)
+DEFAULT_APIC_ROUTING = "physical flat"
+
+
+def apic_routing(console: str) -> str:
+    """The APIC driver Linux ended up with, from its boot console."""
+    switched = APIC_ROUTING.findall(console)
+    return switched[-1] if switched else DEFAULT_APIC_ROUTING
+
+
+def expected_destination(routing: str, apic_id: int) -> tuple[bool, int]:
+    """(logical, destination) of an interrupt aimed at one CPU under
+    Linux's APIC driver `routing`. x2APIC cluster mode addresses the CPU by
+    its logical x2APIC ID, which the hardware derives from the x2APIC ID
+    (Intel SDM vol. 3, 11.12.10.2): the cluster in bits 31:16, one bit of
+    16 below. The physical drivers use the APIC ID itself."""
+    if routing == "cluster x2apic":
+        return True, (apic_id >> 4) << 16 | 1 << (apic_id & 0xf)
+    if routing in ("physical flat", "physical x2apic"):
+        return False, apic_id
+    raise ValueError(f"APIC routing {routing!r}: no rule for its destinations")
+
+
+def irte_follows(steps: list[IrteStep], x2apic: bool, routing: str,
+                 bad: list[Event]) -> Verdict:
+    """At every step there is exactly one IRTE with NMI delivery, from the
+    HPET's source-id, aimed (in the APIC driver's destination mode) at the
+    CPU the detector says handles its NMI, and the expiries go on arriving;
+    a CPU taken from the detector no longer handles it (else nothing was
+    retargeted). `x2apic`: remapping in x2APIC mode (EIM), which decides
+    where the destination sits in the IRTE."""
+    m: dict = {"x2apic": x2apic, "routing": routing, "steps": []}
+    for s in steps:
+        nmi = irte.nmi_entries(irte.parse(s.table))
+        apic = apic_ids(s.cpuinfo).get(s.handling_cpu)
+        row = {"step": s.step, "away": s.away, "handling_cpu": s.handling_cpu, "apic_id": apic,
+               "nmi_irtes": [{"index": e.index, "sid": e.source_id, "logical": e.logical,
+                              "dest": e.destination(x2apic), "vector": e.vector}
+                             for e in nmi],
+               "expiries": list(s.expiries)}
+        m["steps"].append(row)
+        where = f"{s.step}: "
+        if len(nmi) != 1:
+            return Verdict(False, where + f"{len(nmi)} IRTEs with NMI delivery, want 1", m)
+        e = nmi[0]
+        if e.source_id != irte.HPET_SOURCE_ID:
+            return Verdict(False, where + f"the NMI IRTE {e.index} is for {e.source_id}, "
+                           f"not the HPET ({irte.HPET_SOURCE_ID})", m)
+        if apic is None:
+            return Verdict(False, where + f"handling cpu {s.handling_cpu} has no APIC ID "
+                           "in /proc/cpuinfo (offline?)", m)
+        logical, dest = expected_destination(routing, apic)
+        got = (e.logical, e.destination(x2apic))
+        if got != (logical, dest):
+            mode = lambda lg: "logical" if lg else "physical"  # noqa: E731
+            return Verdict(False, where + f"the NMI IRTE {e.index} is aimed at {mode(got[0])} "
+                           f"{got[1]:#x}; handling cpu {s.handling_cpu} (APIC ID {apic}) is "
+                           f"{mode(logical)} {dest:#x} under {routing}", m)
+        before, after = s.expiries
+        if before is None or after is None or after <= before:
+            return Verdict(False, where + f"no expiry reached handling cpu "
+                           f"{s.handling_cpu} (nmis {before} -> {after})", m)
+        if s.handling_cpu == s.away:
+            return Verdict(False, where + f"still handled by cpu {s.away}, which was "
+                           "taken away: nothing was retargeted", m)
+    if bad:
+        return Verdict(False, "unexpected: " + describe(bad), m)
+    return Verdict(True, "the NMI IRTE followed the handling cpu: " + " -> ".join(
+        f"cpu {s.handling_cpu} ({r['nmi_irtes'][0]['dest']:#x})"
+        for s, r in zip(steps, m["steps"])) + f" ({routing})", m)
+
+
+# What a kernel prints first, and what guest/agent.sh prints once userspace runs.
+BOOT_LINE = "Linux version "
+AGENT_READY = "harness: agent ready"
+HPET_ENABLED = re.compile(r"hpet_hld: enabled on channel \d+")
+# What the crash kernel looks for in /proc/vmcore (guest/tools/vmcore-find):
+# the first kernel's report (kernel/watchdog.c) and panic (kernel/panic.c),
+# printed in NMI context just before panic() started the crash kernel, so
+# in the dump's printk ring but never on the console.
+DUMP_REPORT = "Watchdog detected hard LOCKUP on cpu "
+DUMP_PANIC = "Kernel panic - not syncing: "
+
+
+def kdump(text: str, cpu: int, dump: list[str] | None, want_detector: bool,
+          bad_kinds: tuple[str, ...]) -> Verdict:
+    """The console from just before a hard lockup on `cpu` with
+    hardlockup_panic=1 and a crash kernel loaded, and what the crash kernel
+    found of DUMP_REPORT and DUMP_PANIC in /proc/vmcore (None: no vmcore).
+    The lockup is reported and panics (on the console, or else in the
+    dump), the crash kernel boots once, reaches userspace, and prints none
+    of `bad_kinds` (a stray NMI from the first kernel's HPET channel would
+    be an unknown NMI there); with `want_detector`, its own HPET detector
+    comes up on a channel again."""
+    at = text.find(BOOT_LINE)
+    first, crash = (text, "") if at < 0 else (text[:at], text[at:])
+    before, after = parse_text(first), parse_text(crash)
+    dump = dump or []
+    # A record's text in the ring is not terminated: what follows it may be
+    # left from an older record (and the format string is found too).
+    in_dump = (re.match(r"\d+", line[len(DUMP_REPORT):]) for line in dump
+               if line.startswith(DUMP_REPORT))
+    reported = sorted({e.cpu for e in before if e.kind == "hard_lockup"} |
+                      {int(n.group(0)) for n in in_dump if n})
+    panics = [e.text.split(DUMP_PANIC, 1)[1] for e in before
+              if e.kind == "panic" and DUMP_PANIC in e.text] + \
+        [line[len(DUMP_PANIC):] for line in dump if line.startswith(DUMP_PANIC)]
+    m = {"crash_kernel_boots": crash.count(BOOT_LINE), "dump": dump,
+         "reported_cpus": reported, "panics": panics,
+         "crash_kernel_detector": bool(HPET_ENABLED.search(crash))}
+    if not crash:
+        return Verdict(False, "the crash kernel never booted", m)
+    if m["crash_kernel_boots"] != 1:
+        return Verdict(False, f"{m['crash_kernel_boots']} kernels booted after the panic: "
+                       "the crash kernel was reset", m)
+    bad = [e for e in after if e.kind in bad_kinds]
+    if bad:
+        return Verdict(False, "the crash kernel: " + describe(bad), m)
+    if AGENT_READY not in crash:
+        return Verdict(False, "the crash kernel never reached userspace", m)
+    if dump is None or not m["dump"] and not before:
+        return Verdict(False, "the crash kernel has no /proc/vmcore", m)
+    if cpu not in reported:
+        return Verdict(False, f"no hard lockup report for cpu {cpu}, on the console or in "
+                       f"the dump (reports for cpus {reported})", m)
+    if not any(p.startswith("Hard LOCKUP") for p in panics):
+        return Verdict(False, f"no 'Kernel panic - not syncing: Hard LOCKUP' (panics: "
+                       f"{panics})", m)
+    if want_detector and not m["crash_kernel_detector"]:
+        return Verdict(False, "the crash kernel's HPET detector did not come up", m)
+    return Verdict(True, f"hard lockup on cpu {cpu} reported, panic, the crash kernel "
+                   "booted, its /proc/vmcore holds the report, no stray NMI"
+                   + (", its HPET detector enabled" if want_detector else ""), m)

@@ -8,12 +8,14 @@ got, with a piece of its reason). Parsing and judging them again must give
 the same verdict, so a change to the parser or a verdict rule that would
 have judged a real run differently fails here, without QEMU.
 """
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from harness import console_events, expectations, inject_log, verdicts
+from harness import console_events, expectations, inject_log, irte, verdicts
 from harness.scenarios import BAD_KINDS, LOCKUP_KINDS
 
 CASES = sorted(p for p in (Path(__file__).parent / "logs" / "contract").iterdir()
@@ -162,7 +164,14 @@ def judge_platform(case: Path) -> verdicts.Verdict:
         return verdicts.untouched(verdicts.nmi_counts(rec["interrupts_before"]),
                                   verdicts.nmi_counts(rec["interrupts_after"]),
                                   rec["excluded"], rec["monitored"], rec["window_s"],
-                                  rec["rate"], bad)
+                                  rec["rate"], bad,
+                                  boot_mask=rec["boot_mask"] if rec.get("nohz_full") else None)
+    if scenario == "irte-retarget":
+        return verdicts.irte_follows(irte_steps(rec), rec["x2apic"], rec["routing"], bad)
+    if scenario == "kdump":
+        return verdicts.kdump((case / "console.log").read_text(), rec["cpu"], rec["dump"],
+                              "nmi_watchdog=hpet" in rec["cmdline"].split(),
+                              BAD_KINDS + LOCKUP_KINDS)
     if scenario == "hpet-users":
         return verdicts.hpet_users("\n".join(rec["output"]) + "\n", rec["detector_channel"],
                                    rec["irqs_wanted"], rec["expiries"],
@@ -174,12 +183,19 @@ def judge_platform(case: Path) -> verdicts.Verdict:
     raise AssertionError(f"{case}: no judge for scenario {scenario!r}")
 
 
+def irte_steps(rec: dict) -> list[verdicts.IrteStep]:
+    return [verdicts.IrteStep(row["step"], row["away"], row["handling_cpu"], cpuinfo, table,
+                              tuple(row["expiries"]))
+            for row, cpuinfo, table in zip(rec["steps"], rec["cpuinfo"], rec["tables"])]
+
+
 def test_platform_cases_have_both_verdicts_from_real_runs():
     got = {(json.loads((c / "expect.json").read_text())["scenario"],
             json.loads((c / "expect.json").read_text())["passed"]) for c in PLATFORM}
     for scenario in ("untouched-cpus", "unbooted-cpus"):
         assert (scenario, True) in got and (scenario, False) in got, got
-    assert ("hpet-users", True) in got, got
+    for scenario in ("hpet-users", "irte-retarget", "kdump"):
+        assert (scenario, True) in got, got
 
 
 @pytest.mark.parametrize("case", PLATFORM, ids=[c.name for c in PLATFORM])
@@ -225,3 +241,97 @@ def test_hpet_users_fails_when_the_detectors_channel_is_handed_out():
     assert verdicts.hpet_users(out.replace("out 2 3", "out 3"), 2, 64, 10, 5, []).passed
     assert not verdicts.hpet_users(out.replace("updates 2", "updates 0"), 1, 64, 10, 5,
                                    []).passed
+
+
+PLATFORM_DIR = Path(__file__).parent / "logs" / "platform"
+
+
+def test_irte_parse_reads_the_debugfs_table_of_a_real_guest():
+    rec = json.loads((PLATFORM_DIR / "v3-hpet-4cpu-iommu-x2apic-irte-retarget"
+                      / "record.json").read_text())
+    entries = irte.parse(rec["tables"][0])
+    assert len(entries) >= 2 and all(e.source_id for e in entries)
+    (nmi,) = irte.nmi_entries(entries)
+    assert nmi.source_id == irte.HPET_SOURCE_ID and nmi.logical
+    # cluster x2apic: the handling cpu's logical id, all 32 bits with EIM
+    assert nmi.destination(True) == 1 << rec["steps"][0]["handling_cpu"]
+    fixed = [e for e in entries if e.delivery_mode == "fixed"]
+    assert fixed and all(e.vector for e in fixed)
+
+
+def test_irte_follows_fails_on_a_stale_destination_a_fixed_irte_or_no_move():
+    for name in ("v3-hpet-4cpu-iommu-x2apic-irte-retarget", "v3-hpet-4cpu-iommu-irte-retarget"):
+        rec = json.loads((PLATFORM_DIR / name / "record.json").read_text())
+        steps = irte_steps(rec)
+        assert verdicts.irte_follows(steps, rec["x2apic"], rec["routing"], []).passed
+        # The IRTE left where it was after the handling cpu moved
+        stale = [steps[0], dataclasses.replace(steps[1], table=steps[0].table)] + steps[2:]
+        v = verdicts.irte_follows(stale, rec["x2apic"], rec["routing"], [])
+        assert not v.passed and "is aimed at" in v.reason, v.reason
+        # The IRTE with fixed delivery (series patch 2 reverted): no NMI IRTE
+        fixed = [dataclasses.replace(s, table=re.sub(
+            r"(ff:0f\.0.*\t)([0-9a-f]{16})",
+            lambda m: m[1] + f"{int(m[2], 16) & ~0xe0:016x}", s.table)) for s in steps]
+        v = verdicts.irte_follows(fixed, rec["x2apic"], rec["routing"], [])
+        assert not v.passed and "0 IRTEs with NMI delivery" in v.reason, v.reason
+        # The detector kept the cpu that was taken away
+        kept = [steps[0], dataclasses.replace(steps[1], handling_cpu=steps[1].away,
+                                              cpuinfo=steps[0].cpuinfo, table=steps[0].table)]
+        v = verdicts.irte_follows(kept, rec["x2apic"], rec["routing"], [])
+        assert not v.passed and "still handled by cpu" in v.reason, v.reason
+        # No expiry arrived through the moved IRTE
+        silent = [steps[0], dataclasses.replace(steps[1], expiries=(9, 9))]
+        v = verdicts.irte_follows(silent, rec["x2apic"], rec["routing"], [])
+        assert not v.passed and "no expiry" in v.reason, v.reason
+
+
+def test_expected_destination_follows_linuxs_apic_driver():
+    assert verdicts.expected_destination("physical flat", 3) == (False, 3)
+    assert verdicts.expected_destination("physical x2apic", 17) == (False, 17)
+    assert verdicts.expected_destination("cluster x2apic", 17) == (True, 1 << 16 | 1 << 1)
+    assert verdicts.apic_routing("x\n[ 0.0] APIC: Switched APIC routing to: cluster x2apic\n") \
+        == "cluster x2apic"
+    assert verdicts.apic_routing("no such line") == "physical flat"
+    with pytest.raises(ValueError):
+        verdicts.expected_destination("bigsmp", 1)
+
+
+def test_kdump_fails_on_a_stray_nmi_no_crash_kernel_or_no_report():
+    case = PLATFORM_DIR / "v3-hpet-4cpu-kdump"
+    rec = json.loads((case / "record.json").read_text())
+    text = (case / "console.log").read_text()
+    kinds = BAD_KINDS + LOCKUP_KINDS
+
+    def judge(text=text, dump=rec["dump"], cpu=rec["cpu"], want=True):
+        return verdicts.kdump(text, cpu, dump, want, kinds)
+    assert judge().passed
+    # A stray NMI reaching the crash kernel (a line as arch/x86/kernel/nmi.c
+    # prints it), inserted after the crash kernel's first line
+    at = text.index(verdicts.BOOT_LINE)
+    at = text.index("\n", at) + 1
+    stray = text[:at] + "[    0.300000][    C0] Uhhuh. NMI received for unknown reason 21 " \
+        "on CPU 0.\n" + text[at:]
+    v = judge(stray)
+    assert not v.passed and "the crash kernel: " in v.reason, v.reason
+    # No crash kernel: the console ends with the first kernel
+    v = judge(text[:text.index(verdicts.BOOT_LINE)])
+    assert not v.passed and "never booted" in v.reason
+    # A machine reset after the panic: two kernels boot
+    v = judge(text + text[text.index(verdicts.BOOT_LINE):])
+    assert not v.passed and "reset" in v.reason
+    # The report names another cpu, or the dump holds none
+    assert "no hard lockup report for cpu 2" in judge(cpu=2).reason
+    assert not judge(dump=[]).passed
+    # Its own detector did not come back
+    gone = re.sub(r"hpet_hld: enabled on channel \d+", "hpet_hld: not used", text)
+    assert "did not come up" in judge(gone).reason
+    assert judge(gone, want=False).passed
+
+
+def test_untouched_with_nohz_full_checks_the_mask_the_kernel_set():
+    before = {0: 4, 1: 4, 2: 4, 3: 4}
+    after = {0: 19, 1: 19, 2: 19, 3: 4}
+    assert verdicts.untouched(before, after, [3], [0, 1, 2], 6, 2.5, [],
+                              boot_mask=[0, 1, 2]).passed
+    v = verdicts.untouched(before, after, [3], [0, 1, 2], 6, 2.5, [], boot_mask=[0, 1, 2, 3])
+    assert not v.passed and "watchdog_cpumask is [0, 1, 2, 3] at boot" in v.reason
