@@ -82,7 +82,7 @@ def cmd_probe_accel(args) -> int:
 
 AXIS_FLAGS = ("cpus", "sockets", "threads", "maxcpus", "memory", "iommu", "apic",
               "comparator", "hpet", "hpet_msi", "hpet_timers", "thresh", "panic",
-              "nmi_watchdog", "cmdline")
+              "nmi_watchdog", "cmdline", "crash_kernel")
 SELECT_FLAGS = ("detector", "cpus", "iommu", "apic", "comparator", "scenario", "case")
 # What a run writes (cases.json and pytest.log: what older runs wrote).
 OUTPUTS = ("cases", "guests", "results.json", "report.html", "report.ktap",
@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("hpet-timers", "HPET comparators, 3..32"),
                         ("thresh", "watchdog_thresh"), ("panic", "hardlockup_panic on|off"),
                         ("nmi-watchdog", "nmi_watchdog= value, or default"),
-                        ("cmdline", "extra kernel command line")):
+                        ("cmdline", "extra kernel command line"),
+                        ("crash-kernel", "MiB reserved for a kdump kernel (crashkernel=)")):
         s.add_argument(f"--{flag}", help=help_)
     s.add_argument("--jobs", type=int, default=0,
                    help="guests at once (default: half the host's cores)")

@@ -119,3 +119,25 @@ def build_guest(detector: str, kernel_src: str | None = None) -> tuple[Kernel, P
     are built against it."""
     kernel = build_kernel(detector, kernel_src)
     return kernel, build_initramfs(kernel, kernel.build_dir.parent)
+
+
+def with_crash_kernel(kernel_image: Path, initrd: Path) -> Path:
+    """`initrd` followed by an archive that carries the kernel image and
+    `initrd` itself in /boot: what guest/tools/kdump-load gives
+    kexec_file_load for a crash kernel (a machine with crash_kernel_mb).
+    Cached next to `initrd`, by a hash of both."""
+    image, base = Path(kernel_image).read_bytes(), Path(initrd).read_bytes()
+    digest = hashlib.sha256(image + b"\0" + base).hexdigest()[:12]
+    out = Path(initrd).with_name(f"initramfs-kdump-{digest}.cpio")
+    if out.exists():
+        return out
+    cpio = Newc()
+    cpio.add("boot", 0o040755)
+    cpio.add("boot/vmlinuz", 0o100644, image)
+    cpio.add("boot/initrd.img", 0o100644, base)
+    # Archives after the first start on a 4-byte boundary; the kernel's
+    # unpacker skips the zero padding between them.
+    tmp = _private_tmp(out)
+    tmp.write_bytes(base + b"\0" * (-len(base) % 4) + cpio.finish())
+    os.replace(tmp, out)
+    return out

@@ -50,6 +50,9 @@ class MachineSpec:
     x2apic: bool = False           # +x2apic on the CPU; with iommu, eim=on too
     iommu_hpet: bool = True        # False: hpet-scope=off, the DMAR leaves the HPET out
     hpet_strict_comparator: bool = False   # hpet.strict-comparator=on: a past comparator never fires
+    # > 0: crashkernel=<n>M, and the initramfs carries this kernel and
+    # initramfs in /boot for guest/tools/kdump-load (the kdump scenario).
+    crash_kernel_mb: int = 0
 
     def validate(self) -> "MachineSpec":
         if not 1 <= self.cpus <= MAX_TCG_CPUS:
@@ -67,6 +70,9 @@ class MachineSpec:
             raise HarnessError(f"hpet_timers={self.hpet_timers}: must be 3..32")
         if self.memory_mb < 128:
             raise HarnessError(f"memory={self.memory_mb} MiB is too small (>= 128)")
+        if self.crash_kernel_mb and not 64 <= self.crash_kernel_mb <= self.memory_mb - 256:
+            raise HarnessError(f"crash_kernel={self.crash_kernel_mb} MiB: must be 64.."
+                               f"{self.memory_mb - 256} (memory minus 256) MiB")
         if not self.iommu_hpet and not self.iommu:
             raise HarnessError("iommu_hpet=off (the HPET left out of the DMAR table) "
                                "needs iommu=on")
@@ -123,6 +129,8 @@ class MachineSpec:
             parts.append("strict-cmp")
         if self.hardlockup_panic:
             parts.append("panic")
+        if self.crash_kernel_mb:
+            parts.append("kdump")
         if not self.hpet:
             parts.append("nohpet")
         elif not self.hpet_msi and self.hpet_timers > 3:
@@ -149,6 +157,8 @@ class MachineSpec:
                 f"sysctl.kernel.hardlockup_panic={int(self.hardlockup_panic)}"]
         if self.nmi_watchdog is not None:
             args.append(f"nmi_watchdog={self.nmi_watchdog}")
+        if self.crash_kernel_mb:
+            args.append(f"crashkernel={self.crash_kernel_mb}M")
         extra = list(self.cmdline_extra)
         if accel == "tcg" and not any(a.startswith("tsc=") for a in extra):
             extra.append("tsc=reliable")

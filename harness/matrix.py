@@ -27,6 +27,7 @@ AXES = {
     "hpet_msi": ("hpet_msi", bool), "hpet_timers": ("hpet_timers", int),
     "thresh": ("watchdog_thresh", int), "panic": ("hardlockup_panic", bool),
     "nmi_watchdog": ("nmi_watchdog", str), "cmdline": ("cmdline_extra", str),
+    "crash_kernel": ("crash_kernel_mb", int),
 }
 # Axes whose values are names, each a setting of one or more MachineSpec
 # fields (the machine.APIC_MODES, IOMMU_MODES and COMPARATOR_RULES tables;

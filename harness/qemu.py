@@ -24,6 +24,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from harness.agent import Agent
 from harness.console import ConsoleLog
 from harness.errors import GuestError, HarnessError
+from harness.initramfs import with_crash_kernel
 from harness.machine import MachineSpec, qemu_argv
 
 _PR_SET_PDEATHSIG = 1
@@ -162,6 +163,8 @@ class Guest:
         qemu = qemu or default_qemu()
         version = check_qemu(qemu)
         check_machine_qemu(self.spec, accel, qemu, version)
+        if self.spec.crash_kernel_mb:
+            initrd = with_crash_kernel(kernel, initrd)
         self.kernel, self.initrd, self.accel, self.qemu = kernel, initrd, accel, qemu
         self.interactive, self.gdb_port = interactive, gdb_port
         self.extra_args = tuple(extra_args)

@@ -51,6 +51,8 @@ scenarios = ["boot"]
     (["run", "--scenario", "boot", "--cpus", "6", "--sockets", "4"],
      "cpus=6 cannot be split into sockets=4"),
     (["run", "--scenario", "boot", "--thresh", "61"], "watchdog_thresh=61: must be 0..60"),
+    (["run", "--scenario", "kdump", "--crash-kernel", "16"],
+     "crash_kernel=16 MiB: must be 64..256 (memory minus 256) MiB"),
     (["run", "--scenario", "boot", "--detector", "nope"], "unknown detector 'nope'"),
     (["run"], "say what to run"),
     (["run", "--scenario", "soak", "--soak-seconds", "0"], "--soak-seconds 0: must be more than 0"),
