@@ -21,11 +21,12 @@ import secrets
 import time
 
 from harness import expectations, inject_log, verdicts
+from harness.console_events import describe
 from harness.errors import HarnessError
 from harness.detector_scenarios import HLD_DEBUGFS, observe
 from harness.qemu import Guest
-from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, describe, hard_lockup,
-                               mark, since, wait_event)
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, mark, since,
+                               wait_event)
 
 INJECT_DIR = "/sys/kernel/debug/lockup_inject"
 # In units of watchdog_thresh: below the hard lockup definition, and beyond.

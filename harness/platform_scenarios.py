@@ -23,7 +23,8 @@ import time
 
 from harness import expectations, irte, verdicts
 from harness.contract_scenarios import came_back, check_tsc_stable, expiries, handling_cpu
-from harness.detector_scenarios import REMAP_ON, HLD_DEBUGFS, cpulist, many_locked, observe
+from harness.detector_scenarios import HLD_DEBUGFS, cpulist, many_locked, observe
+from harness.detector_verdicts import REMAP_ON
 from harness.errors import HarnessError
 from harness.qemu import Guest
 from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, inject_command, mark,
