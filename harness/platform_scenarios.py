@@ -21,7 +21,7 @@ Each scenario acts and records; harness.verdicts judges what was recorded.
 import re
 import time
 
-from harness import expectations, irte, verdicts
+from harness import detectors, expectations, irte, verdicts
 from harness.contract_scenarios import came_back, check_tsc_stable, expiries, handling_cpu
 from harness.detector_scenarios import HLD_DEBUGFS, cpulist, many_locked, observe
 from harness.detector_verdicts import REMAP_ON
@@ -45,7 +45,7 @@ def _monitored(guest: Guest) -> set[int]:
 def _wait_monitored(guest: Guest, detector: str, want: set[int]) -> None:
     """Until the HPET detector monitors exactly `want` (it says so in
     debugfs once reconfigured); other detectors have no such marker."""
-    if detector != "hpet":
+    if not detectors.get(detector).debugfs:
         return
     seen: list[set[int]] = []
 
@@ -88,7 +88,7 @@ def untouched_cpus(guest: Guest, detector: str) -> Result:
     finally:
         if not nohz:
             guest.check(f"echo 0-{n - 1} > /proc/sys/kernel/watchdog_cpumask")
-    rate = expectations.hpet_nmi_rate(thresh) if detector == "hpet" else 0.0
+    rate = expectations.nmi_rate(detector, thresh)
     v = verdicts.untouched(verdicts.nmi_counts(before), verdicts.nmi_counts(after),
                            excluded, keep, elapsed, rate, bad,
                            boot_mask=mask if nohz else None)
@@ -111,7 +111,7 @@ def unbooted_cpus(guest: Guest, detector: str) -> Result:
 
     start = mark(guest)
     bad = observe(guest, 3.0 * guest.spec.watchdog_thresh, LOCKUP_KINDS + BAD_KINDS)
-    mon = sorted(_monitored(guest)) if detector == "hpet" else None
+    mon = sorted(_monitored(guest)) if detectors.get(detector).debugfs else None
     lockups: dict[int, tuple[bool, str]] = {}
     h = handling_cpu(guest, detector)
     target = next((c for c in reversed(online) if c != h), h)
@@ -173,7 +173,7 @@ def hpet_users(guest: Guest, detector: str) -> Result:
     detector's channel must not be among them, and it goes on meanwhile."""
     name, label = "hpet-users", guest.spec.label()
     channel = None
-    if detector == "hpet":
+    if detectors.get(detector).debugfs:
         text = guest.run(f"cat {HLD_DEBUGFS}/channel").output.strip()
         channel = int(text) if text.isdigit() else None
     before = expiries(guest)
