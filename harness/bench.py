@@ -209,12 +209,8 @@ class BenchReport:
     def load(cls, path: Path) -> "BenchReport":
         path = Path(path)
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise HarnessError(f"{path}: not a bench.json of `harness bench` ({e})") from None
-        try:
-            return cls.from_dict(doc)
-        except HarnessError as e:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, HarnessError) as e:
             raise HarnessError(f"{path}: not a bench.json of `harness bench` ({e})") from None
 
     def save(self, path: Path) -> Path:
