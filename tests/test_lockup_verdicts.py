@@ -200,3 +200,44 @@ def test_observations_survive_json():
     assert lv.Soak.from_dict(_json(obs.to_dict())) == obs
     many = dv.ManyLocked(1, 2, [0, 1], {0: 1.5, 1: 2.5}, 2)
     assert dv.ManyLocked.from_dict(_json(many.to_dict())) == many
+
+
+def _case(name: str):
+    """A captured case's (observation dict, events, console, spec)."""
+    case = next(c for c in CASES if c.name == name)
+    expect = json.loads((case / "expect.json").read_text())
+    text = (case / "console.log").read_text()
+    spec = MachineSpec(**dict(expect["spec"], cmdline_extra=tuple(expect["spec"]["cmdline_extra"])))
+    return (json.loads((case / "record.json").read_text())["observation"],
+            console_events.parse_text(text), text, spec)
+
+
+def test_a_blocked_channel_must_fault_give_up_and_say_so_in_nmi_watchdog():
+    """The real xAPIC/undescribed case, with one fact changed at a time."""
+    obs, events, text, spec = _case("hpet-4cpu-xapic-undescribed-irq-path")
+    judge = lambda o, t=text: dv.irq_path(dv.IrqPath.from_dict(o), events, t, spec)  # noqa: E731
+    assert judge(obs).passed
+    v = judge({**obs, "nmi_watchdog": "1"})
+    assert not v.passed and "nmi_watchdog reads '1', not '0'" in v.reason
+    assert "restarts (expected none, and at least one)" in judge({**obs, "restarts": 0}).reason
+    no_fault = "\n".join(l for l in text.split("\n") if "fault reason 0x25" not in l)
+    assert "no fault 25h" in judge(obs, no_fault).reason
+
+
+def test_a_declined_detector_must_take_no_channel():
+    obs, events, text, spec = _case("hpet-4cpu-x2apic-undescribed-irq-path")
+    assert dv.irq_path(dv.IrqPath.from_dict(obs), events, text, spec).passed
+    v = dv.irq_path(dv.IrqPath.from_dict({**obs, "debugfs": True}), events, text, spec)
+    assert not v.passed and "a channel is taken" in v.reason
+    # and where the HPET is in the DMAR, its message would be wrong
+    assert not dv.irq_path(dv.IrqPath.from_dict(obs), events, text,
+                           spec.with_(iommu_hpet=True)).passed
+
+
+def test_an_enabled_channel_must_be_on_its_chip_and_take_nmis():
+    obs, events, text, spec = _case("hpet-4cpu-irq-path")
+    assert dv.irq_path(dv.IrqPath.from_dict(obs), events, text, spec).passed
+    v = dv.irq_path(dv.IrqPath.from_dict({**obs, "chips": ["IR-HPET-MSI"]}), events, text, spec)
+    assert not v.passed and "expected HPET-MSI" in v.reason
+    v = dv.irq_path(dv.IrqPath.from_dict({**obs, "nmis": [40, 40]}), events, text, spec)
+    assert not v.passed and v.reason.startswith("no NMI from channel 2")
