@@ -10,10 +10,11 @@ in the case's measurements), for the others record.json (the
 measurements). contract and platform: console.log is the case's console
 from its start, as the runner kept it. lockup and detector: the lines of
 the guest's whole console that the scenario's observation covers (from
-its "start" line, 0 if it has none, to its "end"); expect.json also has
-the machine spec, that start line and the events the run's parser found
-there, per kind (as parsed when captured). tests/test_verdicts.py and tests/test_lockup_verdicts.py
-judge them again without QEMU.
+its "start" line, 0 if it has none, to its "end", or a nested one's such
+as a soak's canary); expect.json also has the machine spec, that start
+line and the events per kind parsed from those lines when kept.
+tests/test_verdicts.py and tests/test_lockup_verdicts.py judge them again
+without QEMU.
 """
 import json
 import sys
@@ -54,7 +55,10 @@ def main(kind: str, results: str, case_id: str, name: str) -> int:
         expect.update(qmp=m.get("qmp", 0), handling_cpu=m.get("handling_cpu"))
     elif kind in ("lockup", "detector"):
         obs = m["observation"]
-        start, end = obs.get("start", 0), obs["end"]
+        # a nested observation (a soak's canary) may end later
+        start = obs.get("start", 0)
+        end = max([obs["end"]] + [v["end"] for v in obs.values()
+                                  if isinstance(v, dict) and "end" in v])
         guest = case_dir / c["attempts"][-1]["guest"] / "console.log"
         lines = guest.read_bytes().decode("utf-8", errors="replace").split("\n")
         (dest / "console.log").write_text("\n".join(lines[start:end]) + "\n")
