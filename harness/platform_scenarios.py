@@ -222,7 +222,7 @@ def irte_retarget(guest: Guest, detector: str) -> Result:
     watchdog_cpumask or goes offline: after each such change the IRTE is
     aimed at the new handling CPU's APIC ID and the expiries arrive."""
     name, label, spec = "irte-retarget", guest.spec.label(), guest.spec
-    if detector != "hpet" or spec.iommu_mode != "described":
+    if not detectors.get(detector).hpet_channel or spec.iommu_mode != "described":
         raise HarnessError("irte-retarget needs the HPET detector behind the IOMMU "
                            "(--detector hpet --iommu described)")
     n = spec.cpus
@@ -301,7 +301,8 @@ def kdump(guest: Guest, detector: str) -> Result:
             observe(guest, 3.0 * thresh, LOCKUP_KINDS + BAD_KINDS)
         guest.console.refresh()
         v = verdicts.kdump(guest.console.text[offset:], cpu, dump,
-                           detector == "hpet" and "nmi_watchdog=hpet" in cmdline.split(),
+                           detectors.get(detector).hpet_channel
+                           and "nmi_watchdog=hpet" in cmdline.split(),
                            BAD_KINDS + LOCKUP_KINDS)
         return Result(name, label, v.passed, v.reason, {**v.measurements, "cpu": cpu,
                                                          "cmdline": cmdline})
