@@ -15,8 +15,8 @@ from harness.detector_verdicts import cpulist, expected_decline
 from harness.errors import HarnessError
 from harness.qemu import Guest
 from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, events_upto, judged, mark,
-                               since, wait_event, check_cpu, hard_lockup, inject_command,
-                               nmi_counts, observe_lockup)
+                               since, wait_event, check_cpu, inject_command, nmi_counts,
+                               observe_lockup)
 
 HLD_DEBUGFS = detectors.HPET.debugfs
 
@@ -136,41 +136,37 @@ def _quiet_lockup(guest: Guest, detector: str, cpu: int, seconds: float) -> lv.L
                      thresh=guest.spec.watchdog_thresh)
 
 
+def _judge_steps(guest: Guest, detector: str, name: str, obs: dv.Steps) -> Result:
+    first = min((st.lockup.start for st in obs.steps), default=0)
+    return judged(name, guest, dv.steps(obs, events_upto(guest, first, mark(guest)),
+                                        guest.spec, detectors.get(detector)), obs)
+
+
 def runtime_changes(guest: Guest, detector: str) -> Result:
     """watchdog_thresh 10 -> 2 -> 0 -> 4 and nmi_watchdog 0 -> 1 at run time:
     detection works when on, nothing fires when off."""
-    name, label = "runtime-changes", guest.spec.label()
+    name = "runtime-changes"
     spec0, n = guest.spec, guest.spec.cpus
     target = n - 1
-    steps: list[str] = []
+    obs = dv.Steps([])
+    plan = [("watchdog_thresh", 10, None), ("watchdog_thresh", 2, True),
+            ("watchdog_thresh", 0, False), ("watchdog_thresh", 4, True),
+            ("nmi_watchdog", 0, False), ("nmi_watchdog", 1, True)]
     try:
-        for thresh, expect in ((10, None), (2, True), (0, False), (4, True)):
-            _set(guest, "watchdog_thresh", thresh)
-            guest.spec = spec0.with_(watchdog_thresh=thresh)   # bounds follow
-            if expect is None:
+        for knob, value, reported in plan:
+            _set(guest, knob, value)
+            if knob == "watchdog_thresh":
+                guest.spec = spec0.with_(watchdog_thresh=value)   # bounds follow
+            if reported is None:
                 continue
-            if expect:
-                r = hard_lockup(guest, detector, target)
-                steps.append(f"thresh={thresh}: {r.reason}")
-                if not r.passed:
-                    return Result(name, label, False, "; ".join(steps), r.measurements)
-            else:
-                obs = _quiet_lockup(guest, detector, target, 10)
-                v = dv.quiet(obs, events_upto(guest, obs.start, obs.end))
-                steps.append(f"thresh=0: {v.reason}")
-                if not v.passed:
-                    return Result(name, label, False, "; ".join(steps),
-                                  {"observation": obs.to_dict()})
-        _set(guest, "nmi_watchdog", 0)
-        obs = _quiet_lockup(guest, detector, target, 10)
-        v = dv.quiet(obs, events_upto(guest, obs.start, obs.end))
-        steps.append(f"nmi_watchdog=0: {v.reason}")
-        if not v.passed:
-            return Result(name, label, False, "; ".join(steps), {"observation": obs.to_dict()})
-        _set(guest, "nmi_watchdog", 1)
-        r = hard_lockup(guest, detector, target)
-        steps.append(f"nmi_watchdog=1: {r.reason}")
-        return Result(name, label, r.passed, "; ".join(steps), r.measurements)
+            lockup = observe_lockup(guest, detector, target, "irqoff", EventKind.HARD_LOCKUP,
+                                    name=name) if reported else \
+                _quiet_lockup(guest, detector, target, 10)
+            label = f"thresh={value}" if knob == "watchdog_thresh" else f"{knob}={value}"
+            obs = dv.Steps(obs.steps + [dv.Step(label, lockup, reported)])
+            if not _judge_steps(guest, detector, name, obs).passed:
+                break
+        return _judge_steps(guest, detector, name, obs)
     finally:
         _set(guest, "nmi_watchdog", 1)
         _set(guest, "watchdog_thresh", spec0.watchdog_thresh)
@@ -180,26 +176,24 @@ def runtime_changes(guest: Guest, detector: str) -> Result:
 def handling_cpu_hotplug(guest: Guest, detector: str) -> Result:
     """Offline the CPU that takes the HPET NMI (moving it off CPU 0 first,
     which x86 cannot offline): detection still works, on it once back too."""
-    name, label = "handling-cpu-hotplug", guest.spec.label()
+    name = "handling-cpu-hotplug"
     n = guest.spec.cpus
     if n < 3:
         raise HarnessError("handling-cpu-hotplug needs at least 3 CPUs")
     debugfs = detectors.get(detector).debugfs
-    steps: list[str] = []
     try:
         _set(guest, "watchdog_cpumask", f"1-{n - 1}")
         h = int(_read(guest, f"{debugfs}/handling_cpu")) if debugfs else 1
-        steps.append(f"handling cpu {h}")
         guest.check(f"echo 0 > /sys/devices/system/cpu/cpu{h}/online")
         target = n - 1 if h != n - 1 else n - 2
-        r = hard_lockup(guest, detector, target)
-        steps.append(f"cpu{h} offline, lockup on cpu{target}: {r.reason}")
-        if not r.passed:
-            return Result(name, label, False, "; ".join(steps), r.measurements)
-        guest.check(f"echo 1 > /sys/devices/system/cpu/cpu{h}/online")
-        r = hard_lockup(guest, detector, h)
-        steps.append(f"cpu{h} back, lockup on it: {r.reason}")
-        return Result(name, label, r.passed, "; ".join(steps), r.measurements)
+        obs = dv.Steps([dv.Step(f"cpu{h} offline, lockup on cpu{target}", observe_lockup(
+            guest, detector, target, "irqoff", EventKind.HARD_LOCKUP, name=name))],
+            said=[f"handling cpu {h}"])
+        if _judge_steps(guest, detector, name, obs).passed:
+            guest.check(f"echo 1 > /sys/devices/system/cpu/cpu{h}/online")
+            obs = dv.Steps(obs.steps + [dv.Step(f"cpu{h} back, lockup on it", observe_lockup(
+                guest, detector, h, "irqoff", EventKind.HARD_LOCKUP, name=name))], obs.said)
+        return _judge_steps(guest, detector, name, obs)
     finally:
         for cpu in range(1, n):
             guest.run(f"echo 1 > /sys/devices/system/cpu/cpu{cpu}/online")

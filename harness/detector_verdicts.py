@@ -11,7 +11,7 @@ from harness import expectations
 from harness.console_events import Event, EventKind, describe
 from harness.detectors import HPET, Detector
 from harness.lockup_verdicts import (BAD_KINDS, LOCKUP_KINDS, Lockup, Observation,
-                                     bound_s, nmi_rate_problem, of_kinds, rates,
+                                     bound_s, lockup, nmi_rate_problem, of_kinds, rates,
                                      repeated_reports, window)
 from harness.verdicts import Verdict
 
@@ -145,6 +145,35 @@ def quiet(obs: Lockup, events: list[Event]) -> Verdict:
     if got:
         return Verdict(False, f"{len(got)} reports while disabled: " + describe(got), {})
     return Verdict(True, "0 reports", {})
+
+
+@dataclass(frozen=True)
+class Step(Observation):
+    """One lockup of a sequence (runtime-changes, handling-cpu-hotplug):
+    it must be reported (a lockup verdict) or, the detector being off, not
+    at all (quiet)."""
+    label: str
+    lockup: Lockup
+    reported: bool = True
+
+
+@dataclass(frozen=True)
+class Steps(Observation):
+    steps: list[Step]
+    said: list[str] = field(default_factory=list)     # facts before the first step
+
+
+def steps(obs: Steps, events: list[Event], spec, detector: Detector) -> Verdict:
+    """Each step judged in turn, up to the first that fails; the reason
+    tells every step's."""
+    said, m = list(obs.said), {}
+    for s in obs.steps:
+        v = lockup(s.lockup, events, spec, detector) if s.reported else quiet(s.lockup, events)
+        said.append(f"{s.label}: {v.reason}")
+        m = v.measurements
+        if not v.passed:
+            return Verdict(False, "; ".join(said), m)
+    return Verdict(bool(obs.steps), "; ".join(said) if obs.steps else "no step ran", m)
 
 
 BACKTRACE = re.compile(r"NMI backtrace for cpu (\d+)")

@@ -47,6 +47,10 @@ def _revive(kind, value):
         if typing.get_origin(k) is dict and typing.get_args(k)[:1] == (int,) \
                 and isinstance(value, dict):
             return {int(a): b for a, b in value.items()}
+        if typing.get_origin(k) is list and isinstance(value, list):
+            item = typing.get_args(k)[0]
+            if isinstance(item, type) and issubclass(item, Observation):
+                return [item.from_dict(v) for v in value]
     return value
 
 

@@ -32,7 +32,8 @@ LOCKUPS = ("hard-lockup", "soft-lockup", "hard-lockup-test_lockup", "soft-lockup
            "canary-wrong-cpu")
 LOCKUP_FAMILY = LOCKUPS + ("boot", "idle", "soak")
 DETECTOR_FAMILY = ("enabled", "all-locked", "all-but-one-locked", "cpumask-excluded",
-                   "sysrq-backtrace", "declines", "irq-path")
+                   "sysrq-backtrace", "declines", "irq-path", "runtime-changes",
+                   "handling-cpu-hotplug")
 
 # scenario -> judge(observation dict, events, console text, spec, detector)
 JUDGES = {
@@ -52,6 +53,8 @@ JUDGES = {
     "declines": lambda o, ev, text, spec, det: dv.declines(dv.Declined.from_dict(o), ev, spec),
     "irq-path": lambda o, ev, text, spec, det: dv.irq_path(dv.IrqPath.from_dict(o), ev, text,
                                                            spec),
+    **{s: lambda o, ev, text, spec, det: dv.steps(dv.Steps.from_dict(o), ev, spec, det)
+       for s in ("runtime-changes", "handling-cpu-hotplug")},
 }
 
 
@@ -195,11 +198,27 @@ def test_enabled_wants_every_cpu_monitored_at_one_rate():
                                    SPEC4, HPET).reason
 
 
+def test_a_sequence_stops_at_its_first_wrong_step_and_says_each():
+    on = dv.Step("thresh=2", locked())
+    off = dv.Step("thresh=0", dataclasses.replace(locked(), start=100, end=200), False)
+    reports = [ev("hard_lockup", 52.9, 3, 20)]
+    v = dv.steps(dv.Steps([on, off], said=["handling cpu 1"]), reports, SPEC4, HPET)
+    assert v.passed and v.reason == "handling cpu 1; thresh=2: cpu 3 reported after 2.90 s; " \
+                                    "thresh=0: 0 reports"
+    v = dv.steps(dv.Steps([on, off]), reports + [ev("hard_lockup", 60.0, 3, 150)], SPEC4, HPET)
+    assert not v.passed and v.reason.startswith("thresh=2: cpu 3 reported after 2.90 s; "
+                                                "thresh=0: 1 reports while disabled: line 150")
+    assert not dv.steps(dv.Steps([on, off]), [], SPEC4, HPET).passed
+    assert not dv.steps(dv.Steps([]), reports, SPEC4, HPET).passed
+
+
 def test_observations_survive_json():
     obs = lv.Soak(1, 2, 60.0, [1], [2], 60.0, canary=locked())
     assert lv.Soak.from_dict(_json(obs.to_dict())) == obs
     many = dv.ManyLocked(1, 2, [0, 1], {0: 1.5, 1: 2.5}, 2)
     assert dv.ManyLocked.from_dict(_json(many.to_dict())) == many
+    seq = dv.Steps([dv.Step("a", locked()), dv.Step("b", locked(), False)], ["x"])
+    assert dv.Steps.from_dict(_json(seq.to_dict())) == seq
 
 
 def _case(name: str):

@@ -10,8 +10,8 @@ in the case's measurements), for the others record.json (the
 measurements). contract and platform: console.log is the case's console
 from its start, as the runner kept it. lockup and detector: the lines of
 the guest's whole console that the scenario's observation covers (from
-its "start" line, 0 if it has none, to its "end", or a nested one's such
-as a soak's canary); expect.json also has the machine spec, that start
+its first "start" line, 0 if it has none, to its last "end", nested ones
+included: a soak's canary, a sequence's steps); expect.json also has the machine spec, that start
 line and the events per kind parsed from those lines when kept.
 tests/test_verdicts.py and tests/test_lockup_verdicts.py judge them again
 without QEMU.
@@ -24,6 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from harness import console_events  # noqa: E402
 
 KINDS = ("contract", "platform", "lockup", "detector")
+
+
+def bounds(obs, starts=None, ends=None) -> tuple[list[int], list[int]]:
+    """Every "start" and "end" line in an observation, nested ones too."""
+    starts, ends = ([], []) if starts is None else (starts, ends)
+    if isinstance(obs, dict):
+        starts += [obs["start"]] if "start" in obs else []
+        ends += [obs["end"]] if "end" in obs else []
+        for v in obs.values():
+            bounds(v, starts, ends)
+    elif isinstance(obs, list):
+        for v in obs:
+            bounds(v, starts, ends)
+    return starts, ends
 
 
 def main(kind: str, results: str, case_id: str, name: str) -> int:
@@ -54,11 +68,10 @@ def main(kind: str, results: str, case_id: str, name: str) -> int:
         (dest / "inject.log").write_text("\n".join(m["inject_log"]) + "\n")
         expect.update(qmp=m.get("qmp", 0), handling_cpu=m.get("handling_cpu"))
     elif kind in ("lockup", "detector"):
-        obs = m["observation"]
-        # a nested observation (a soak's canary) may end later
-        start = obs.get("start", 0)
-        end = max([obs["end"]] + [v["end"] for v in obs.values()
-                                  if isinstance(v, dict) and "end" in v])
+        # from the first "start" to the last "end" of the observation and
+        # the ones nested in it (a soak's canary, a sequence's steps)
+        starts, ends = bounds(m["observation"])
+        start, end = min(starts, default=0), max(ends)
         guest = case_dir / c["attempts"][-1]["guest"] / "console.log"
         lines = guest.read_bytes().decode("utf-8", errors="replace").split("\n")
         (dest / "console.log").write_text("\n".join(lines[start:end]) + "\n")
