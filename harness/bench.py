@@ -8,6 +8,7 @@ number.
 Also the cost model behind the time estimate `harness run` prints before a
 run starts (`estimate`).
 """
+import dataclasses
 import json
 import os
 import statistics
@@ -24,7 +25,7 @@ from harness.errors import HarnessError
 from harness.machine import MachineSpec
 from harness.paths import REPO, cache_dir
 from harness.qemu import Guest, die_with_parent
-from harness.records import RunSummary
+from harness.records import Attempt, CaseRecord, Outcome, RunSummary, write_atomic
 
 BENCH_MATRIX = REPO / "matrix" / "bench.toml"
 SMOKE_MATRIX = REPO / "matrix" / "smoke.toml"
@@ -36,15 +37,189 @@ SOFT_FAMILIES = ("soft-lockup", "soft-lockup-test_lockup", "lkdtm-softlockup",
                  "lkdtm-spinlockup")
 
 
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {}
-    return {"n": len(values), "median": round(statistics.median(values), 2),
-            "min": round(min(values), 2), "max": round(max(values), 2)}
+# --- bench.json, typed: one reader (BenchReport.load) and one writer (save) --
+
+@dataclass(frozen=True)
+class Stats:
+    """n, median, min and max of some seconds; {} in JSON when there were none."""
+    n: int
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stats | None":
+        if not values:
+            return None
+        return cls(len(values), round(statistics.median(values), 2),
+                   round(min(values), 2), round(max(values), 2))
+
+    @staticmethod
+    def to_json(stats: "Stats | None") -> dict:
+        return dataclasses.asdict(stats) if stats else {}
+
+    @classmethod
+    def from_json(cls, d, where: str) -> "Stats | None":
+        if d in (None, {}):
+            return None
+        if not isinstance(d, dict) or set(d) != {"n", "median", "min", "max"}:
+            raise HarnessError(f"{where}: not n, median, min and max: {d!r}")
+        return cls(**d)
+
+
+def _stats_map(d: dict, where: str) -> dict:
+    return {k: Stats.from_json(v, f"{where}.{k}") for k, v in d.items()}
+
+
+@dataclass
+class BootRow:
+    """Seconds from QEMU start to the agent, to a settled clocksource, and
+    the guest's own seconds to /init, over the boots of one vCPU count."""
+    to_agent_s: Stats | None
+    to_settled_s: Stats | None
+    guest_to_init_s: Stats | None
+
+    def to_dict(self) -> dict:
+        return {f.name: Stats.to_json(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+
+@dataclass
+class BootTimes:
+    accel: str
+    by_cpus: dict[int, BootRow]
+
+    def to_dict(self) -> dict:
+        # str keys, as JSON has them (and as a loaded bench.json gives them)
+        return {"accel": self.accel,
+                "by_cpus": {str(c): r.to_dict() for c, r in self.by_cpus.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BootTimes":
+        return cls(d.get("accel"), {int(c): BootRow(**_stats_map(r, f"boot.by_cpus.{c}"))
+                                    for c, r in d.get("by_cpus", {}).items()})
+
+
+@dataclass
+class MatrixRow:
+    """The bench matrix run at one jobs level."""
+    jobs: int
+    cases: int
+    wall_s: float
+    cases_per_min: float
+    passed: int
+    hard_lockup_latency_s: Stats | None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hard_lockup_latency_s"] = Stats.to_json(self.hard_lockup_latency_s)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MatrixRow":
+        return cls(**{**d, "hard_lockup_latency_s": Stats.from_json(
+            d.get("hard_lockup_latency_s"), "matrix.hard_lockup_latency_s")})
+
+
+@dataclass
+class TierRow:
+    """One tier's run (smoke, nightly), from its results.json."""
+    source: str
+    matrix: str | None
+    jobs: int | None
+    accel: str | None
+    cases: int
+    passed: int
+    wall_s: float
+    cases_per_min: float | None
+    latency: dict[str, dict[str, Stats | None]]    # detector -> kind -> seconds
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["latency"] = {det: {k: Stats.to_json(v) for k, v in kinds.items()}
+                        for det, kinds in self.latency.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TierRow":
+        return cls(**{**d, "latency": {det: _stats_map(kinds, f"latency.{det}")
+                                       for det, kinds in d.get("latency", {}).items()}})
+
+
+@dataclass
+class QemuRow:
+    """Boot times and the bench matrix on one QEMU binary."""
+    binary: str
+    version: str
+    describe: str
+    boot: BootTimes
+    matrix: list[MatrixRow]
+
+    def to_dict(self) -> dict:
+        return {"binary": self.binary, "version": self.version, "describe": self.describe,
+                "boot": self.boot.to_dict(), "matrix": [m.to_dict() for m in self.matrix]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QemuRow":
+        return cls(d["binary"], d["version"], d["describe"], BootTimes.from_dict(d["boot"]),
+                   [MatrixRow.from_dict(m) for m in d["matrix"]])
+
+
+@dataclass
+class BenchReport:
+    """bench.json: when and where (meta), cold build seconds, the tiers'
+    runs, and per QEMU binary the boots and the bench matrix (the default
+    QEMU's are also `boot` and `matrix`)."""
+    meta: dict
+    detector: str | None = None
+    build: dict = field(default_factory=dict)
+    tiers: dict[str, TierRow] = field(default_factory=dict)
+    qemu: dict[str, QemuRow] = field(default_factory=dict)
+    boot: BootTimes | None = None
+    matrix: list[MatrixRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = {"meta": self.meta, "detector": self.detector, "build": self.build,
+             "tiers": {k: t.to_dict() for k, t in self.tiers.items()}}
+        if self.qemu:
+            d["qemu"] = {k: q.to_dict() for k, q in self.qemu.items()}
+        if self.boot is not None:
+            d["boot"] = self.boot.to_dict()
+        d["matrix"] = [m.to_dict() for m in self.matrix]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d) -> "BenchReport":
+        if not isinstance(d, dict) or not ({"boot", "matrix"} & set(d)):
+            raise HarnessError("no 'boot' or 'matrix'")
+        try:
+            return cls(meta=d.get("meta") or {}, detector=d.get("detector"),
+                       build=d.get("build") or {},
+                       tiers={k: TierRow.from_dict(t) for k, t in d.get("tiers", {}).items()},
+                       qemu={k: QemuRow.from_dict(q) for k, q in d.get("qemu", {}).items()},
+                       boot=BootTimes.from_dict(d["boot"]) if d.get("boot") else None,
+                       matrix=[MatrixRow.from_dict(m) for m in d.get("matrix", [])])
+        except (TypeError, KeyError, AttributeError, ValueError) as e:
+            raise HarnessError(f"a part is not as `harness bench` writes it: {e!r}") from None
+
+    @classmethod
+    def load(cls, path: Path) -> "BenchReport":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, HarnessError) as e:
+            raise HarnessError(f"{path}: not a bench.json of `harness bench` ({e})") from None
+
+    def save(self, path: Path) -> Path:
+        write_atomic(Path(path), self.to_json())
+        return Path(path)
 
 
 def boot_times(detector: str, cpu_counts: list[int], boots: int, out: Path,
-               kernel, initrd, qemu: str | None = None) -> dict:
+               kernel, initrd, qemu: str | None = None) -> BootTimes:
     """Host seconds from QEMU start to the agent's banner, and to a settled
     clocksource; guest seconds to /init from the kernel's timestamps.
     qemu: the binary (default: qemu.default_qemu())."""
@@ -61,12 +236,11 @@ def boot_times(detector: str, cpu_counts: list[int], boots: int, out: Path,
                 done = g.console.events("boot_complete")
                 if done and done[-1].time is not None:
                     init.append(done[-1].time)
-        rows[cpus] = {"to_agent_s": _stats(agent), "to_settled_s": _stats(settled),
-                      "guest_to_init_s": _stats(init)}
-        print(f"bench: {cpus:>3} vCPUs: agent after {rows[cpus]['to_agent_s']['median']} s, "
-              f"settled after {rows[cpus]['to_settled_s']['median']} s "
+        rows[cpus] = BootRow(Stats.of(agent), Stats.of(settled), Stats.of(init))
+        print(f"bench: {cpus:>3} vCPUs: agent after {rows[cpus].to_agent_s.median} s, "
+              f"settled after {rows[cpus].to_settled_s.median} s "
               f"(median of {boots}, {accel})", file=sys.stderr, flush=True)
-    return {"accel": accel, "by_cpus": rows}
+    return BootTimes(accel, rows)
 
 
 def _harness_run(matrix: Path, jobs: int, out: Path, detectors: str | None = None,
@@ -86,57 +260,57 @@ def _harness_run(matrix: Path, jobs: int, out: Path, detectors: str | None = Non
     return time.monotonic() - t0
 
 
-def matrix_run(jobs: int, out: Path, qemu: str | None = None) -> dict:
+def matrix_run(jobs: int, out: Path, qemu: str | None = None) -> MatrixRow:
     """Run the bench matrix through `harness run`; summarise its results."""
     wall = _harness_run(BENCH_MATRIX, jobs, out, qemu=qemu)
-    cases = json.loads((out / "results.json").read_text())["cases"]
-    latencies = [c["measurements"]["latency_s"] for c in cases
-                 if c["scenario"] == "hard-lockup" and "latency_s" in c["measurements"]]
-    row = {"jobs": jobs, "cases": len(cases), "wall_s": round(wall, 1),
-           "cases_per_min": round(len(cases) / (wall / 60), 2),
-           "passed": sum(c["outcome"] == "pass" for c in cases),
-           "hard_lockup_latency_s": _stats(latencies)}
-    print(f"bench: jobs={jobs}: {row['cases']} cases in {row['wall_s']} s "
-          f"({row['cases_per_min']}/min), {row['passed']} passed, "
-          f"hard lockup latency {row['hard_lockup_latency_s']}", file=sys.stderr, flush=True)
+    cases = RunSummary.load(out / "results.json").cases
+    latencies = [c.measurements["latency_s"] for c in cases
+                 if c.scenario == "hard-lockup" and "latency_s" in c.measurements]
+    row = MatrixRow(jobs=jobs, cases=len(cases), wall_s=round(wall, 1),
+                    cases_per_min=round(len(cases) / (wall / 60), 2),
+                    passed=sum(c.outcome == Outcome.PASS for c in cases),
+                    hard_lockup_latency_s=Stats.of(latencies))
+    print(f"bench: jobs={jobs}: {row.cases} cases in {row.wall_s} s "
+          f"({row.cases_per_min}/min), {row.passed} passed, "
+          f"hard lockup latency {Stats.to_json(row.hard_lockup_latency_s)}",
+          file=sys.stderr, flush=True)
     return row
 
 
-def load_results(path: Path) -> dict:
-    """A results.json of `harness run` (checked by RunSummary.load), or one
-    clear error."""
-    return RunSummary.load(path).to_dict()
+def load_results(path: Path) -> RunSummary:
+    """A results.json of `harness run` (RunSummary.load), or one clear error."""
+    return RunSummary.load(path)
 
 
-def latency_by_detector(cases: list[dict]) -> dict:
+def latency_by_detector(cases: list[CaseRecord]) -> dict[str, dict[str, Stats | None]]:
     """Hard and soft lockup detection latency (report minus injection,
     kernel timestamps) per detector, over the passed cases that have one."""
     out: dict = {}
     for c in cases:
-        value = c.get("measurements", {}).get("latency_s")
-        if c.get("outcome") != "pass" or isinstance(value, bool) \
+        value = c.measurements.get("latency_s")
+        if c.outcome != Outcome.PASS or isinstance(value, bool) \
                 or not isinstance(value, (int, float)):
             continue
-        kind = "hard_lockup_s" if c["scenario"] in HARD_FAMILIES else \
-            "soft_lockup_s" if c["scenario"] in SOFT_FAMILIES else None
+        kind = "hard_lockup_s" if c.scenario in HARD_FAMILIES else \
+            "soft_lockup_s" if c.scenario in SOFT_FAMILIES else None
         if kind:
-            out.setdefault(c["detector"], {}).setdefault(kind, []).append(value)
-    return {d: {k: _stats(v) for k, v in sorted(kinds.items())}
+            out.setdefault(c.detector, {}).setdefault(kind, []).append(value)
+    return {d: {k: Stats.of(v) for k, v in sorted(kinds.items())}
             for d, kinds in sorted(out.items())}
 
 
-def tier_summary(results: dict, source: str) -> dict:
+def tier_summary(results: RunSummary, source: str) -> TierRow:
     """Cases per minute and latency per detector of one tier's run."""
-    cases, meta = results["cases"], results["meta"]
+    cases, meta = results.cases, results.meta
     wall = float(meta.get("wall_s") or 0)
-    row = {"source": source, "matrix": meta.get("matrix"), "jobs": meta.get("jobs"),
-           "accel": meta.get("accel"), "cases": len(cases),
-           "passed": sum(c.get("outcome") in ("pass", "flake") for c in cases),
-           "wall_s": round(wall, 1),
-           "cases_per_min": round(len(cases) / (wall / 60), 2) if wall else None,
-           "latency": latency_by_detector(cases)}
-    print(f"bench: {source}: {row['cases']} cases in {row['wall_s']} s "
-          f"({row['cases_per_min']}/min, jobs {row['jobs']}), {row['passed']} passed",
+    row = TierRow(source=source, matrix=meta.get("matrix"), jobs=meta.get("jobs"),
+                  accel=meta.get("accel"), cases=len(cases),
+                  passed=sum(c.outcome in (Outcome.PASS, Outcome.FLAKE) for c in cases),
+                  wall_s=round(wall, 1),
+                  cases_per_min=round(len(cases) / (wall / 60), 2) if wall else None,
+                  latency=latency_by_detector(cases))
+    print(f"bench: {source}: {row.cases} cases in {row.wall_s} s "
+          f"({row.cases_per_min}/min, jobs {row.jobs}), {row.passed} passed",
           file=sys.stderr, flush=True)
     return row
 
@@ -182,27 +356,20 @@ def _git_commit() -> str | None:
     return r.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
-def write_json(path: Path, doc: dict) -> None:
-    """Whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-
-
 def qemu_bench(qemu: str, detector: str, cpu_counts: list[int], boots: int,
-               jobs: list[int], out: Path, kernel, initrd) -> dict:
+               jobs: list[int], out: Path, kernel, initrd) -> QemuRow:
     """Boot times and the bench matrix on one QEMU binary."""
     from harness.qemu import describe_qemu, version_of
     out.mkdir(parents=True, exist_ok=True)
     print(f"bench: QEMU {describe_qemu(qemu)}", file=sys.stderr, flush=True)
-    return {"binary": qemu, "version": ".".join(map(str, version_of(qemu))),
-            "describe": describe_qemu(qemu),
-            "boot": boot_times(detector, cpu_counts, boots, out / "boots", kernel, initrd,
-                               qemu),
-            "matrix": [matrix_run(j, out / f"matrix-jobs{j}", qemu) for j in jobs]}
+    return QemuRow(binary=qemu, version=".".join(map(str, version_of(qemu))),
+                   describe=describe_qemu(qemu),
+                   boot=boot_times(detector, cpu_counts, boots, out / "boots", kernel,
+                                   initrd, qemu),
+                   matrix=[matrix_run(j, out / f"matrix-jobs{j}", qemu) for j in jobs])
 
 
-def qemu_table(rows: dict) -> str:
+def qemu_table(rows: dict[str, QemuRow]) -> str:
     """The QEMUs side by side on the same cases: boot to agent per vCPU
     count, cases per minute and hard lockup latency of the bench matrix."""
     names = list(rows)
@@ -213,27 +380,26 @@ def qemu_table(rows: dict) -> str:
         for n in names:
             try:
                 v = get(rows[n])
-            except (KeyError, IndexError, TypeError):
+            except (KeyError, IndexError, AttributeError):
                 v = None
             vals.append("-" if v is None else f"{v:g}")
         lines.append(label.ljust(30) + "".join(f"{v:>16}" for v in vals))
-    cpus = list(next(iter(rows.values()))["boot"]["by_cpus"])
-    for c in cpus:
+    first = next(iter(rows.values()))
+    for c in first.boot.by_cpus:
         line(f"boot to agent, {c} vCPUs (s)",
-             lambda r, c=c: r["boot"]["by_cpus"][c]["to_agent_s"]["median"])
-    for i, m in enumerate(next(iter(rows.values()))["matrix"]):
-        j = m["jobs"]
-        line(f"bench matrix jobs={j}: cases/min", lambda r, i=i: r["matrix"][i]["cases_per_min"])
-        line(f"  passed of {m['cases']}", lambda r, i=i: r["matrix"][i]["passed"])
+             lambda r, c=c: r.boot.by_cpus[c].to_agent_s.median)
+    for i, m in enumerate(first.matrix):
+        line(f"bench matrix jobs={m.jobs}: cases/min", lambda r, i=i: r.matrix[i].cases_per_min)
+        line(f"  passed of {m.cases}", lambda r, i=i: r.matrix[i].passed)
         line("  hard lockup latency (s)",
-             lambda r, i=i: r["matrix"][i]["hard_lockup_latency_s"]["median"])
+             lambda r, i=i: r.matrix[i].hard_lockup_latency_s.median)
     return "\n".join(lines)
 
 
 def run(detector: str, cpu_counts: list[int], boots: int, jobs: list[int],
         out: Path, kernel, initrd, smoke: bool = True,
         smoke_results: Path | None = None, nightly_results: Path | None = None,
-        qemus: dict | None = None) -> dict:
+        qemus: dict | None = None) -> BenchReport:
     """Every benchmark; bench.json in `out`. The smoke tier is run here
     unless its results are given (or smoke is False); the nightly tier's
     numbers come from a finished run's results.json only. qemus: label ->
@@ -243,24 +409,22 @@ def run(detector: str, cpu_counts: list[int], boots: int, jobs: list[int],
     out.mkdir(parents=True, exist_ok=True)
     given = {name: load_results(p) for name, p in (("smoke", smoke_results),
                                                    ("nightly", nightly_results)) if p}
-    result = {"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "commit": _git_commit(), "host_cpus": os.cpu_count()},
-              "detector": detector,
-              "build": build_times(os.environ.get("KERNEL_SRC")),
-              "tiers": {}}
+    result = BenchReport(
+        meta={"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "commit": _git_commit(), "host_cpus": os.cpu_count()},
+        detector=detector, build=build_times(os.environ.get("KERNEL_SRC")))
     qemus = qemus or {"default": None}     # None: qemu.default_qemu()
-    result["qemu"] = {}
     for i, (label, binary) in enumerate(qemus.items()):
         if binary is None:
             from harness.qemu import default_qemu
             binary = default_qemu()
         row = qemu_bench(binary, detector, cpu_counts, boots, jobs,
                          out / (f"qemu-{label}" if i else "."), kernel, initrd)
-        result["qemu"][label] = row
+        result.qemu[label] = row
         if i == 0:
-            result["boot"], result["matrix"] = row["boot"], row["matrix"]
+            result.boot, result.matrix = row.boot, row.matrix
     if len(qemus) > 1:
-        table = qemu_table(result["qemu"])
+        table = qemu_table(result.qemu)
         (out / "bench.txt").write_text(table + "\n")
         print(table, file=sys.stderr, flush=True)
     if "smoke" not in given and smoke:
@@ -269,23 +433,17 @@ def run(detector: str, cpu_counts: list[int], boots: int, jobs: list[int],
         smoke_results = out / "smoke" / "results.json"
     for name, path in (("smoke", smoke_results), ("nightly", nightly_results)):
         if name in given:
-            result["tiers"][name] = tier_summary(given[name], str(path))
-    write_json(out / "bench.json", result)
+            result.tiers[name] = tier_summary(given[name], str(path))
+    result.save(out / "bench.json")
     return result
 
 
 # --- side by side -----------------------------------------------------------
 
 def load_bench(path: Path) -> dict:
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"{path}: not a bench.json of `harness bench` ({e})") from None
-    if not isinstance(doc, dict) or not ({"boot", "matrix"} & set(doc)):
-        raise HarnessError(f"{path}: not a bench.json of `harness bench` "
-                           f"(no 'boot' or 'matrix')")
-    return doc
+    """A bench.json (BenchReport.load: checked, or one clear error) as the
+    document side_by_side compares."""
+    return BenchReport.load(path).to_dict()
 
 
 SKIPPED_KEYS = {"meta", "source"}
@@ -335,8 +493,9 @@ def _fmt(v) -> str:
 
 def side_by_side(old: dict, new: dict, old_name: str = "old", new_name: str = "new",
                  worse_at: float = 0.10) -> str:
-    """Every number of both runs, old and new, and new/old; a change of
-    more than `worse_at` in the bad direction is marked 'worse'."""
+    """Every number of both runs (bench.json documents: load_bench,
+    BenchReport.to_dict), old and new, and new/old; a change of more than
+    `worse_at` in the bad direction is marked 'worse'."""
     a, b = flatten(old), flatten(new)
     names = list(b) + [k for k in a if k not in b]
     width = max([len(n) for n in names] + [6])
@@ -397,13 +556,12 @@ DEFAULT_ENDS_GUEST = {"lkdtm-hardlockup", "lkdtm-softlockup", "lkdtm-spinlockup"
 FALLBACK_RUN_S = 8.0     # a scenario family nobody has measured yet
 
 
-def _ends_key(case: dict) -> str:
-    panic = case["spec"].get("hardlockup_panic")
-    return case["scenario"] + ("+panic" if panic else "")
+def _ends_key(scenario: str, panic: bool) -> str:
+    return scenario + ("+panic" if panic else "")
 
 
-def _guest(attempt: dict) -> str:
-    return Path(attempt.get("guest") or "").name
+def _guest(attempt: Attempt) -> str:
+    return Path(attempt.guest or "").name
 
 
 @dataclass
@@ -437,44 +595,43 @@ class CostModel:
         return next((s for (d, f), s in DEFAULT_RUN_S.items() if f == family),
                     FALLBACK_RUN_S), False
 
-    def ends_guest(self, case: dict) -> bool:
-        key = _ends_key(case)
+    def ends_guest(self, scenario: str, panic: bool) -> bool:
+        key = _ends_key(scenario, panic)
         return self.ends.get(key, key in DEFAULT_ENDS_GUEST)
 
 
-def learn(results: dict, source: str) -> CostModel:
+def learn(results: RunSummary, source: str) -> CostModel:
     """A cost model from a finished run: a case that was the first on its
     guest paid for the boot; a 'boot' case first on its guest is little
     more than the boot, so it measures the boot."""
     model = CostModel(source=source)
     seen: set[str] = set()
     booted = []
-    for c in results["cases"]:
+    for c in results.cases:
         n = 0
-        for a in c.get("attempts", []):
+        for a in c.attempts:
             g = _guest(a)
             if g and g not in seen:
                 seen.add(g)
                 n += 1
         booted.append(n)
-        if c["scenario"] == "boot" and c.get("outcome") == "pass" and n == 1:
-            model.boot.setdefault(c["spec"]["cpus"], []).append(c["duration_s"])
-    for c, n in zip(results["cases"], booted):
+        if c.scenario == "boot" and c.outcome == Outcome.PASS and n == 1:
+            model.boot.setdefault(c.spec["cpus"], []).append(c.duration_s)
+    for c, n in zip(results.cases, booted):
         # A boot case that booted its guest measured the boot (above).
-        if c.get("outcome") != "pass" or (c["scenario"] == "boot" and n == 1):
+        if c.outcome != Outcome.PASS or (c.scenario == "boot" and n == 1):
             continue
-        cpus = c["spec"]["cpus"]
-        model.run.setdefault((c["detector"], c["scenario"], cpus), []).append(
-            max(0.0, c["duration_s"] - n * model.boot_s(cpus)))
+        cpus = c.spec["cpus"]
+        model.run.setdefault((c.detector, c.scenario, cpus), []).append(
+            max(0.0, c.duration_s - n * model.boot_s(cpus)))
     # Did the next case on the same machine find the guest still up?
-    cases = results["cases"]
+    cases = results.cases
     for prev, nxt in zip(cases, cases[1:]):
-        if prev.get("outcome") != "pass" or prev["detector"] != nxt["detector"] \
-                or prev["spec"] != nxt["spec"] or not prev.get("attempts") \
-                or not nxt.get("attempts"):
+        if prev.outcome != Outcome.PASS or prev.detector != nxt.detector \
+                or prev.spec != nxt.spec or not prev.attempts or not nxt.attempts:
             continue
-        key = _ends_key(prev)
-        ends = _guest(nxt["attempts"][0]) != _guest(prev["attempts"][-1])
+        key = _ends_key(prev.scenario, prev.spec.get("hardlockup_panic"))
+        ends = _guest(nxt.attempts[0]) != _guest(prev.attempts[-1])
         model.ends[key] = model.ends.get(key, False) or ends
     return model
 
@@ -506,7 +663,6 @@ def estimate(cases: list, model: CostModel, jobs: int = 1) -> Estimate:
     per_machine: dict[str, float] = {}
     total, boots, measured, prev_key, alive = 0.0, 0, 0, None, False
     for case in cases:
-        d = case.to_dict()
         cost = 0.0
         if case.guest_key != prev_key or not alive:
             cost += model.boot_s(case.spec.cpus)
@@ -516,7 +672,8 @@ def estimate(cases: list, model: CostModel, jobs: int = 1) -> Estimate:
         measured += was_measured
         per_machine[case.guest_key] = per_machine.get(case.guest_key, 0.0) + cost
         total += cost
-        prev_key, alive = case.guest_key, not model.ends_guest(d)
+        prev_key, alive = case.guest_key, not model.ends_guest(case.scenario,
+                                                               case.spec.hardlockup_panic)
     if jobs > 1:
         loads = [0.0] * jobs
         for c in sorted(per_machine.values(), reverse=True):
@@ -536,7 +693,7 @@ def cost_model(path: Path | None, required: bool) -> CostModel:
         if required:
             raise
         return CostModel()
-    meta = results["meta"]
-    source = f"{path} ({len(results['cases'])} cases, {meta.get('started', '?')}, " \
+    meta = results.meta
+    source = f"{path} ({len(results.cases)} cases, {meta.get('started', '?')}, " \
              f"{meta.get('accel') or '?'}, jobs {meta.get('jobs', '?')})"
     return learn(results, source)

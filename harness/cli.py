@@ -294,9 +294,9 @@ def cmd_bench(args) -> int:
                        smoke_results=args.smoke_results and Path(args.smoke_results),
                        nightly_results=args.nightly_results and Path(args.nightly_results),
                        qemus=qemus)
-    print(json.dumps(result, indent=1))
+    print(result.to_json())
     if previous is not None:
-        print(bench.side_by_side(previous, result, args.previous,
+        print(bench.side_by_side(previous, result.to_dict(), args.previous,
                                  str(Path(args.out) / "bench.json")))
     return 0
 

@@ -20,12 +20,13 @@ import re
 import secrets
 import time
 
-from harness import expectations, inject_log, verdicts
+from harness import detectors, expectations, inject_log, verdicts
+from harness.console_events import describe
 from harness.errors import HarnessError
 from harness.detector_scenarios import HLD_DEBUGFS, observe
 from harness.qemu import Guest
-from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, describe, hard_lockup,
-                               mark, since, wait_event)
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, mark, since,
+                               wait_event)
 
 INJECT_DIR = "/sys/kernel/debug/lockup_inject"
 # In units of watchdog_thresh: below the hard lockup definition, and beyond.
@@ -95,9 +96,10 @@ def check_tsc_stable(guest: Guest, start: int) -> None:
 
 def handling_cpu(guest: Guest, detector: str) -> int:
     """The CPU the HPET NMI goes to; for other detectors, the boot CPU."""
-    if detector != "hpet" or guest.run(f"test -e {HLD_DEBUGFS}/handling_cpu").status:
+    debugfs = detectors.get(detector).debugfs
+    if not debugfs or guest.run(f"test -e {debugfs}/handling_cpu").status:
         return 0
-    text = guest.check(f"cat {HLD_DEBUGFS}/handling_cpu").strip()
+    text = guest.check(f"cat {debugfs}/handling_cpu").strip()
     if not text.isdigit():
         raise guest.failure(f"the HPET detector handles no CPU: {text!r}")
     return int(text)

@@ -33,6 +33,11 @@ class Detector:
     neighbour: bool = False
     # Its own watchdog NMIs per CPU per watchdog_thresh, if it has any.
     nmis_per_thresh: float | None = None
+    # Its NMI comes from an HPET channel, whose interrupt path depends on the
+    # APIC mode and the IOMMU (expectations.PATHS).
+    hpet_channel: bool = False
+    # Its debugfs directory (channel, handling_cpu, monitored_cpus, nmis...).
+    debugfs: str | None = None
 
 
 # hpet: one NMI every thresh seconds, and a lockup is declared at the first
@@ -44,7 +49,8 @@ HPET = Detector(
     "hpet", kernel="hpet", fragments=("hpet.config",), symbol="hld_nmi_handler",
     # FSB (MSI) capable channels beyond the 3 QEMU gives by default, and asked for
     machine={"hpet_msi": True, "hpet_timers": 8, "nmi_watchdog": "hpet"},
-    bound=(2.0, 0.0), floor_x_thresh=1.0, claim_tolerance=1 / 128, nmis_per_thresh=5.0)
+    bound=(2.0, 0.0), floor_x_thresh=1.0, claim_tolerance=1 / 128, nmis_per_thresh=5.0,
+    hpet_channel=True, debugfs="/sys/kernel/debug/x86/hpet_hld")
 
 # buddy: a CPU checks its neighbour every third hrtimer tick (period
 # 2*thresh/5), and needs two checks without progress: at most about 3*thresh,

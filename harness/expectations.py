@@ -21,7 +21,7 @@ def detector_runs(detector: str, console: str, spec=None) -> tuple[bool, str]:
     off = get(detector).off_message
     if off and off in console:
         return False, f"no PMU here (TCG): the kernel said '{off}'"
-    if detector == "hpet" and spec is not None:
+    if get(detector).hpet_channel and spec is not None:
         path = hpet_path(spec)
         if path.outcome != "enabled":
             return False, f"{path.outcome}: {path.why}"
@@ -190,7 +190,13 @@ def report_floor(detector: str) -> float:
 def hpet_nmi_rate(thresh: int) -> float:
     """Watchdog NMIs per CPU and second of the HPET detector: one expiry,
     then one broadcast, every watchdog_thresh/5."""
-    return get("hpet").nmis_per_thresh / max(thresh, 1)
+    return nmi_rate("hpet", thresh)
+
+
+def nmi_rate(detector: str, thresh: int) -> float:
+    """The detector's own watchdog NMIs per CPU and second (0: it sends none)."""
+    per_thresh = get(detector).nmis_per_thresh
+    return per_thresh / max(thresh, 1) if per_thresh else 0.0
 
 
 def claim_tolerance(detector: str) -> float:

@@ -21,9 +21,10 @@ Each scenario acts and records; harness.verdicts judges what was recorded.
 import re
 import time
 
-from harness import expectations, irte, verdicts
+from harness import detectors, expectations, irte, verdicts
 from harness.contract_scenarios import came_back, check_tsc_stable, expiries, handling_cpu
-from harness.detector_scenarios import REMAP_ON, HLD_DEBUGFS, cpulist, many_locked, observe
+from harness.detector_scenarios import HLD_DEBUGFS, cpulist, many_locked, observe
+from harness.detector_verdicts import REMAP_ON
 from harness.errors import HarnessError
 from harness.qemu import Guest
 from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, inject_command, mark,
@@ -44,7 +45,7 @@ def _monitored(guest: Guest) -> set[int]:
 def _wait_monitored(guest: Guest, detector: str, want: set[int]) -> None:
     """Until the HPET detector monitors exactly `want` (it says so in
     debugfs once reconfigured); other detectors have no such marker."""
-    if detector != "hpet":
+    if not detectors.get(detector).debugfs:
         return
     seen: list[set[int]] = []
 
@@ -87,7 +88,7 @@ def untouched_cpus(guest: Guest, detector: str) -> Result:
     finally:
         if not nohz:
             guest.check(f"echo 0-{n - 1} > /proc/sys/kernel/watchdog_cpumask")
-    rate = expectations.hpet_nmi_rate(thresh) if detector == "hpet" else 0.0
+    rate = expectations.nmi_rate(detector, thresh)
     v = verdicts.untouched(verdicts.nmi_counts(before), verdicts.nmi_counts(after),
                            excluded, keep, elapsed, rate, bad,
                            boot_mask=mask if nohz else None)
@@ -110,7 +111,7 @@ def unbooted_cpus(guest: Guest, detector: str) -> Result:
 
     start = mark(guest)
     bad = observe(guest, 3.0 * guest.spec.watchdog_thresh, LOCKUP_KINDS + BAD_KINDS)
-    mon = sorted(_monitored(guest)) if detector == "hpet" else None
+    mon = sorted(_monitored(guest)) if detectors.get(detector).debugfs else None
     lockups: dict[int, tuple[bool, str]] = {}
     h = handling_cpu(guest, detector)
     target = next((c for c in reversed(online) if c != h), h)
@@ -172,7 +173,7 @@ def hpet_users(guest: Guest, detector: str) -> Result:
     detector's channel must not be among them, and it goes on meanwhile."""
     name, label = "hpet-users", guest.spec.label()
     channel = None
-    if detector == "hpet":
+    if detectors.get(detector).debugfs:
         text = guest.run(f"cat {HLD_DEBUGFS}/channel").output.strip()
         channel = int(text) if text.isdigit() else None
     before = expiries(guest)
@@ -221,7 +222,7 @@ def irte_retarget(guest: Guest, detector: str) -> Result:
     watchdog_cpumask or goes offline: after each such change the IRTE is
     aimed at the new handling CPU's APIC ID and the expiries arrive."""
     name, label, spec = "irte-retarget", guest.spec.label(), guest.spec
-    if detector != "hpet" or spec.iommu_mode != "described":
+    if not detectors.get(detector).hpet_channel or spec.iommu_mode != "described":
         raise HarnessError("irte-retarget needs the HPET detector behind the IOMMU "
                            "(--detector hpet --iommu described)")
     n = spec.cpus
@@ -300,7 +301,8 @@ def kdump(guest: Guest, detector: str) -> Result:
             observe(guest, 3.0 * thresh, LOCKUP_KINDS + BAD_KINDS)
         guest.console.refresh()
         v = verdicts.kdump(guest.console.text[offset:], cpu, dump,
-                           detector == "hpet" and "nmi_watchdog=hpet" in cmdline.split(),
+                           detectors.get(detector).hpet_channel
+                           and "nmi_watchdog=hpet" in cmdline.split(),
                            BAD_KINDS + LOCKUP_KINDS)
         return Result(name, label, v.passed, v.reason, {**v.measurements, "cpu": cpu,
                                                          "cmdline": cmdline})

@@ -106,3 +106,24 @@ def test_a_previous_that_is_no_bench_json_is_bad_input_before_any_work(tmp_path,
     assert len(lines) == 1 and lines[0].startswith(f"harness: error: {prev}: ")
     assert needle in lines[0]
     assert not out.exists()
+
+
+def test_bench_json_is_read_and_written_through_one_typed_record(tmp_path):
+    """BenchReport.load/save: both real files come back as they were, typed
+    on the way (a statistics object is Stats, a vCPU count an int)."""
+    for path in (OLD, NEW):
+        report = bench.BenchReport.load(path)
+        assert isinstance(report.boot.by_cpus[2].to_agent_s, bench.Stats)
+        assert isinstance(report.tiers["smoke"], bench.TierRow)
+        assert report.to_dict() == json.loads(path.read_text())
+        again = bench.BenchReport.load(report.save(tmp_path / "bench.json"))
+        assert again == report
+
+
+def test_a_statistics_object_without_its_median_is_not_a_bench_json(tmp_path):
+    doc = json.loads(OLD.read_text())
+    del doc["matrix"][0]["hard_lockup_latency_s"]["median"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(bench.HarnessError, match="not a bench.json of `harness bench`"):
+        bench.BenchReport.load(bad)

@@ -138,7 +138,7 @@ def test_a_lockup_reported_twice_is_found_in_a_real_log():
     """A series state (v2, before the fix in patch 7) whose own report
     printing touched the watchdog and so rearmed the report: one 8 s lockup
     of cpu 3, two reports. tests/logs/README.md says where it came from."""
-    from harness.scenarios import repeated_reports
+    from harness.lockup_verdicts import repeated_reports
     logs = Path(__file__).parent / "logs"
     twice = console_events.parse_file(logs / "guest-hpet-v2c-4cpu-hard-lockup-reported-twice.log")
     hard = [e for e in twice if e.kind == "hard_lockup"]
