@@ -151,7 +151,15 @@ class MachineSpec:
         two drift apart by up to a thousand ppm at times, and the kernel's
         clocksource watchdog then marks the TSC unstable (seen in
         boundary-sweep cases: 1.03 ms over 875 ms). That is the emulator,
-        not the guest; the HPET detector would disable itself."""
+        not the guest; the HPET detector would disable itself.
+
+        Under TCG also no_timer_check, which Linux sets itself on KVM,
+        Hyper-V and VMware (arch/x86/kernel/kvm.c, mshyperv.c, vmware.c):
+        at boot check_timer() wants 4 timer ticks within 4e10/HZ TSC
+        cycles, 62 ms here, and TCG's TSC is host time while the ticks need
+        the boot vCPU to run. On an overcommitted host it misses them and
+        panics ("timer doesn't work through Interrupt-remapped IO-APIC":
+        4 boots at host load 8-22, and every boot of 64 vCPUs)."""
         args = ["console=ttyS0,115200", "loglevel=7", "panic=-1",
                 f"watchdog_thresh={self.watchdog_thresh}",
                 f"sysctl.kernel.hardlockup_panic={int(self.hardlockup_panic)}"]
@@ -162,6 +170,8 @@ class MachineSpec:
         extra = list(self.cmdline_extra)
         if accel == "tcg" and not any(a.startswith("tsc=") for a in extra):
             extra.append("tsc=reliable")
+        if accel == "tcg":
+            extra.append("no_timer_check")
         return " ".join(args + extra)
 
 

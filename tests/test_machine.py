@@ -14,8 +14,8 @@ def argv(spec: MachineSpec, accel: str = "tcg") -> list[str]:
 
 
 # The command line before x2apic/iommu_hpet/hpet_strict_comparator existed,
-# but for tsc=reliable, which TCG guests have had since (see
-# MachineSpec.kernel_cmdline).
+# but for tsc=reliable and no_timer_check, which TCG guests have had since
+# (see MachineSpec.kernel_cmdline).
 TODAY = ["qemu-system-x86_64", "-machine", "q35,hpet=on", "-accel", "tcg", "-cpu", "max",
          "-smp", "2,maxcpus=2,sockets=1,cores=2,threads=1", "-m", "512",
          "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -27,7 +27,7 @@ TODAY = ["qemu-system-x86_64", "-machine", "q35,hpet=on", "-accel", "tcg", "-cpu
          "-chardev", "socket,id=qmp0,path=qm,abstract=on,server=on,wait=off",
          "-mon", "chardev=qmp0,mode=control", "-kernel", "/k", "-initrd", "/i",
          "-append", "console=ttyS0,115200 loglevel=7 panic=-1 watchdog_thresh=2 "
-                    "sysctl.kernel.hardlockup_panic=0 tsc=reliable"]
+                    "sysctl.kernel.hardlockup_panic=0 tsc=reliable no_timer_check"]
 
 
 def test_defaults_give_todays_command_line():
@@ -64,3 +64,9 @@ def test_tcg_guests_trust_their_tsc_unless_the_machine_says_otherwise():
     unstable = spec.with_(cmdline_extra=("tsc=unstable",))
     assert "tsc=reliable" not in unstable.kernel_cmdline("tcg").split()
     assert "tsc=unstable" in unstable.kernel_cmdline("tcg").split()
+
+
+def test_tcg_guests_skip_the_boot_timer_check_as_other_hypervisors_guests_do():
+    spec = MachineSpec(cpus=2)
+    assert "no_timer_check" in spec.kernel_cmdline("tcg").split()
+    assert "no_timer_check" not in spec.kernel_cmdline("kvm").split()   # kvm.c sets it
