@@ -144,6 +144,11 @@ _RULES = [
     ("lockdep",
      r"BUG: (?P<what>MAX_\w+ too low|key \S+ has not been registered|looking up invalid subclass)",
      CALLER, "lockdep: {what}"),
+    # register_lock_class(): a lock with no static key (not initialized, or
+    # not annotated); lockdep turns itself off.
+    ("lockdep",
+     r"INFO: (?P<what>trying to register non-static key)",
+     CALLER, "lockdep: {what}"),
     ("lockdep",
      r"BUG: (?P<lock>spinlock|rwlock) (?P<what>.+?) on CPU#(?P<cpu>\d+)",
      "cpu", "{lock} {what} on cpu {cpu}"),
@@ -156,6 +161,13 @@ _RULES = [
      r"|scheduling in a non-blocking section|assuming atomic context|assuming non migratable context"
      r"|using \S+\(\) in preemptible)",
      CALLER, "{what}"),
+    # kernel/workqueue.c process_one_work(): a work function that returned
+    # atomic, holding a lock or inside rcu_read_lock(): "BUG: workqueue
+    # leaked atomic, lock or RCU: %s[%d]" (before 6.3: "leaked lock or
+    # atomic: %s/0x%08x/%d"). Printed by the worker, on its CPU.
+    ("invalid_context",
+     r"BUG: workqueue leaked (?P<what>[^:]+): ",
+     CALLER, "workqueue leaked {what}"),
     # mm/kasan/report.c: "BUG: KASAN: %s in %pS" (and "invalid-access").
     ("kasan",
      r"BUG: KASAN: (?P<what>.*)",

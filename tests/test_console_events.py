@@ -374,6 +374,9 @@ KERNEL_FORMATS = [
      ("smp_processor_id", "", 0, "sh", 60), "invalid_context", None),
     ("lib/smp_processor_id.c", "", "BUG: using %s%s() in preemptible [%08x] code: %s/%d",
      ("__this_cpu_", "read", 0, "sh", 60), "invalid_context", None),
+    ("kernel/locking/lockdep.c", "", "INFO: trying to register non-static key.", (), "lockdep", None),
+    ("kernel/workqueue.c", "", "BUG: workqueue leaked atomic, lock or RCU: %s[%d]",
+     ("kworker/1:1", 33), "invalid_context", None),
 ]
 
 
@@ -442,6 +445,24 @@ def test_titles_of_hung_task_variants_warnings_and_debug_reports():
         ("oops", None, "PANIC: double fault, error_code 0x0"),
         ("lockdep", None, "lockdep: kworker/1:2/87 still has locks held"),
         ("invalid_context", None, "using __this_cpu_read() in preemptible"),
+    ]
+
+
+def test_lock_and_context_reports_of_real_kernels():
+    # Lines as real kernels printed them, quoted in public bug reports:
+    # bcachefs issue 694 (6.10: a work function left inside an RCU read-side
+    # section), raspberrypi/linux issue 944 (3.18, the older wording, from
+    # syslog) and pull request 4800 (5.15: a mutex never initialized).
+    lines = [
+        "[22218.499424] BUG: workqueue leaked atomic, lock or RCU: kworker/u65:3[4146]",
+        "Apr 26 17:17:12 gardeneast kernel: [160403.252871] BUG: workqueue leaked lock or "
+        "atomic: kworker/0:2/0xffffffff/4586",
+        "[   29.847138] INFO: trying to register non-static key.",
+    ]
+    assert [(e.kind, e.time, e.title) for e in parse_lines(lines)] == [
+        ("invalid_context", 22218.499424, "workqueue leaked atomic, lock or RCU"),
+        ("invalid_context", 160403.252871, "workqueue leaked lock or atomic"),
+        ("lockdep", 29.847138, "lockdep: trying to register non-static key"),
     ]
 
 
