@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from harness import catalog, initramfs
+from harness import catalog, detectors, initramfs
 from harness.errors import GuestError
 from harness.matrix import Case, guest_key
 from harness.qemu import Guest, default_qemu, describe_qemu, machine_lacks
@@ -23,7 +23,8 @@ from harness.scenarios import mark
 class GuestPool:
     def __init__(self, accel: str, out: Path, kernel_src: str | None = None,
                  built: dict | None = None, qemu: str | None = None):
-        """`built`: detector -> (kernel, initramfs) the caller built already;
+        """`built`: detector (detectors.with_flavour) -> (kernel, initramfs)
+        the caller built already;
         `qemu`: the binary (default: qemu.default_qemu())."""
         self.accel, self.out, self.kernel_src = accel, Path(out), kernel_src
         self.guest: Guest | None = None
@@ -39,14 +40,16 @@ class GuestPool:
             self._qemu = default_qemu()
         return self._qemu
 
-    def build(self, detector: str):
-        """The kernel and initramfs for a detector, built once per process."""
-        if detector not in self._built:
-            self._built[detector] = initramfs.build_guest(detector, self.kernel_src)
-        return self._built[detector]
+    def build(self, detector: str, flavour: str | None = None):
+        """The kernel (in a flavour) and initramfs for a detector, built
+        once per process."""
+        name = detectors.with_flavour(detector, flavour)
+        if name not in self._built:
+            self._built[name] = initramfs.build_guest(detector, self.kernel_src, flavour)
+        return self._built[name]
 
-    def kernel_id(self, detector: str) -> str:
-        kernel, _ = self.build(detector)
+    def kernel_id(self, detector: str, flavour: str | None = None) -> str:
+        kernel, _ = self.build(detector, flavour)
         return f"{kernel.release} ({kernel.build_dir.parent.name})"
 
     def get(self, detector: str, spec) -> Guest:
@@ -55,7 +58,7 @@ class GuestPool:
         if g is not None and self.key == key and g.alive():
             return g
         self.retire()
-        kernel, initrd = self.build(detector)
+        kernel, initrd = self.build(detector, spec.flavour)
         self.boots += 1
         # The pid keeps parallel workers' guest directories apart.
         workdir = self.out / "guests" / f"{detector}-{spec.label()}-{os.getpid()}-boot{self.boots}"
@@ -135,7 +138,7 @@ def run_case(case: Case, pool: GuestPool, retries: int = 0,
         spec=d["spec"], attempts=attempts,
         duration_s=round(sum(a.duration_s for a in attempts), 2),
         measurements=measurements, reproduce=case.reproduce(), accel=pool.accel,
-        kernel=pool.kernel_id(case.detector), qemu=describe_qemu(pool.qemu),
+        kernel=pool.kernel_id(case.detector, case.spec.flavour), qemu=describe_qemu(pool.qemu),
         artifacts=os.path.relpath(case_dir, pool.out),
         console_tail="" if outcome in (Outcome.PASS, Outcome.SKIP) else next(
             (a.console_tail for a in reversed(attempts) if a.console_tail), ""))

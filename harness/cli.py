@@ -18,7 +18,8 @@ def _on_off(value: str) -> bool:
 
 def cmd_kernel(args) -> int:
     from harness import kbuild
-    kernel = kbuild.build_kernel(args.detector, os.environ.get("KERNEL_SRC"))
+    kernel = kbuild.build_kernel(args.detector, os.environ.get("KERNEL_SRC"),
+                                 flavour=args.flavour)
     print(kernel.bzimage)
     return 0
 
@@ -38,14 +39,14 @@ def cmd_qemu(args) -> int:
     return 0
 
 
-def prepare(detector: str):
+def prepare(detector: str, flavour: str | None = None):
     """Kernel (cached build) and an initramfs with modules built against it."""
     from harness import initramfs
-    return initramfs.build_guest(detector, os.environ.get("KERNEL_SRC"))
+    return initramfs.build_guest(detector, os.environ.get("KERNEL_SRC"), flavour)
 
 
 def cmd_initramfs(args) -> int:
-    _, initrd = prepare(args.detector)
+    _, initrd = prepare(args.detector, args.flavour)
     print(initrd)
     return 0
 
@@ -82,8 +83,9 @@ def cmd_probe_accel(args) -> int:
 
 AXIS_FLAGS = ("cpus", "sockets", "threads", "maxcpus", "memory", "iommu", "apic",
               "comparator", "hpet", "hpet_msi", "hpet_timers", "thresh", "panic",
-              "nmi_watchdog", "cmdline", "crash_kernel")
-SELECT_FLAGS = ("detector", "cpus", "iommu", "apic", "comparator", "scenario", "case")
+              "nmi_watchdog", "cmdline", "crash_kernel", "flavour")
+SELECT_FLAGS = ("detector", "cpus", "iommu", "apic", "comparator", "flavour", "scenario",
+                "case")
 # What a run writes (cases.json and pytest.log: what older runs wrote).
 OUTPUTS = ("cases", "guests", "results.json", "report.html", "report.ktap",
            "junit.xml", "run.log", "cases.json", "pytest.log")
@@ -122,7 +124,7 @@ def select_cases(args) -> list:
         if extra:
             raise HarnessError(f"--{extra[0].replace('_', '-')} cannot be used with "
                                f"--matrix; select with --detector --cpus --iommu "
-                               f"--apic --comparator --scenario --case")
+                               f"--apic --comparator --flavour --scenario --case")
         cases = matrix.load(Path(args.matrix))
         split = lambda v: v.split(",") if v else None  # noqa: E731
         cases = matrix.select(
@@ -132,6 +134,7 @@ def select_cases(args) -> list:
             apic=_axis_values("apic", args.apic) if args.apic else None,
             comparator=_axis_values("comparator", args.comparator)
             if args.comparator else None,
+            flavours=_axis_values("flavour", args.flavour) if args.flavour else None,
             scenarios=[s.split("@")[0] for s in split(args.scenario)]
             if args.scenario else None,
             ids=split(args.case))
@@ -211,8 +214,8 @@ def cmd_run(args) -> int:
         command="python -m harness run " + " ".join(sys.argv[2:]),
         scenario_args={"soak": {"seconds": args.soak_seconds}} if args.soak_seconds else {})
     if args.bisect:                      # a tree that is no kernel is bad input
-        for d in request.detectors:
-            kbuild.kernel_key(detectors.get(d).kernel, kernel_src)
+        for d, flavour in request.kernels:
+            kbuild.kernel_key(detectors.get(d).kernel, kernel_src, flavour)
     if os.environ.get("QEMU"):           # bad input before any work
         check_qemu(resolve_run_qemu())
     out = request.out
@@ -225,13 +228,13 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out)
     built = {}
-    for d in request.detectors:          # build before the clock starts
+    for k in request.kernels:            # build before the clock starts
         try:
-            built.update(runner.build([d], kernel_src))
+            built.update(runner.build([k], kernel_src))
         except HarnessError as e:
             if not args.bisect:
                 raise
-            raise BuildFailed(f"the {d} kernel does not build (exit 125, "
+            raise BuildFailed(f"the {detectors.with_flavour(*k)} kernel does not build (exit 125, "
                               f"git bisect: skip): {e}") from None
     qemu = resolve_run_qemu()            # the patched build, cached, after the kernels
     check_qemu(qemu)
@@ -328,7 +331,7 @@ def cmd_boot(args) -> int:
     image = Path(args.kernel) if args.kernel else None
     if image is not None and not image.is_file():
         raise HarnessError(f"kernel image {image} does not exist")
-    kernel, initrd = prepare(args.detector)
+    kernel, initrd = prepare(args.detector, spec.flavour)
     if image is not None:
         # Our modules go in the initramfs: the kernel must be the one they
         # were built for, or it refuses them and hld-lock does nothing.
@@ -459,6 +462,10 @@ def cmd_compare(args) -> int:
     return 0 if result.agree else 1
 
 
+FLAVOUR_HELP = ("the kernel's flavour: default (the detector's kernel), or "
+               + "; ".join(f"{f.name} ({f.what})" for f in detectors.FLAVOURS.values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -466,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("initramfs", cmd_initramfs, "build the guest initramfs")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--detector", default=kbuild.DEFAULT_DETECTOR)
+        s.add_argument("--flavour", help=FLAVOUR_HELP)
         s.set_defaults(func=fn)
     s = sub.add_parser("qemu", help="build (or reuse) the patched QEMU (qemu/patches) "
                        "and print its path; QEMU=path uses that binary, checked")
@@ -495,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--apic", help="xapic, x2apic (comma separated)")
     s.add_argument("--comparator", help="qemu (a past comparator fires at once), "
                    "hardware (it never fires: hpet.strict-comparator=on)")
+    s.add_argument("--flavour", help=FLAVOUR_HELP + " (comma separated)")
     for flag, help_ in (("sockets", "sockets"), ("threads", "threads per core"),
                         ("maxcpus", "CPU slots, for hot-adding CPUs over QMP"),
                         ("memory", "MiB"), ("hpet", "on|off"), ("hpet-msi", "on|off"),

@@ -75,6 +75,42 @@ PERF = Detector(
 DETECTORS = {d.name: d for d in (HPET, BUDDY, PERF)}
 
 
+@dataclass(frozen=True)
+class Flavour:
+    """A variant of a detector's kernel: its config fragments go on top of
+    the detector's (the cache key, a hash of the fragments, keeps the builds
+    apart). A machine names it (MachineSpec.flavour, matrix key `flavour`,
+    `--flavour`); None is the detector's kernel as it is."""
+    name: str
+    fragments: tuple[str, ...]
+    what: str
+
+
+# debug: lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_PREEMPT (kernel-config/debug.config);
+# a report of theirs fails any case (harness/debug_checks.py).
+DEBUG = Flavour("debug", ("debug.config",),
+                "lockdep (PROVE_LOCKING, PROVE_RCU), DEBUG_ATOMIC_SLEEP, DEBUG_PREEMPT")
+FLAVOURS = {f.name: f for f in (DEBUG,)}
+
+
+def flavour(name: str | None) -> Flavour | None:
+    """The flavour of that name (None and "default": the plain kernel), or
+    one error line."""
+    if name in (None, "default"):
+        return None
+    try:
+        return FLAVOURS[name]
+    except KeyError:
+        raise HarnessError(f"unknown flavour {name!r}; known: default, "
+                           f"{', '.join(FLAVOURS)}") from None
+
+
+def with_flavour(detector: str, flavour_name: str | None = None) -> str:
+    """A detector's kernel in a flavour, as a run names it (its table of
+    built kernels, results.json's kernels): "hpet", "hpet+debug"."""
+    return f"{detector}+{flavour_name}" if flavour(flavour_name) else detector
+
+
 def get(name: str) -> Detector:
     try:
         return DETECTORS[name]

@@ -86,7 +86,7 @@ def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     # A module the kernel would refuse, or a bzImage that is not this
     # vmlinux, is refused here, before any boot, saying what does not match.
     elfcheck.check(kernel.bzimage, kernel.vmlinux, kernel.release, kernel.detector,
-                   kernel.modules, fragments_for(kernel.detector))
+                   kernel.modules, fragments_for(kernel.detector, kernel.flavour))
     sources = {dst: GUEST_DIR / src for dst, src in GUEST_FILES.items()}
     sources.update(_build_tools(out_dir))
     mods = {f"lib/modules/{name}.ko": path for name, path in sorted(kernel.modules.items())}
@@ -114,10 +114,11 @@ def build_initramfs(kernel: Kernel, out_dir: Path) -> Path:
     return out
 
 
-def build_guest(detector: str, kernel_src: str | None = None) -> tuple[Kernel, Path]:
-    """A detector's kernel (cached build) and an initramfs whose modules
-    are built against it."""
-    kernel = build_kernel(detector, kernel_src)
+def build_guest(detector: str, kernel_src: str | None = None,
+                flavour: str | None = None) -> tuple[Kernel, Path]:
+    """A detector's kernel in a flavour (cached build) and an initramfs
+    whose modules are built against it."""
+    kernel = build_kernel(detector, kernel_src, flavour=flavour)
     return kernel, build_initramfs(kernel, kernel.build_dir.parent)
 
 

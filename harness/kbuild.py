@@ -42,6 +42,7 @@ class Kernel:
     release: str
     modules: dict          # module name -> .ko path
     detector: str
+    flavour: str | None = None   # detectors.FLAVOURS; None: the plain kernel
 
     @property
     def config(self) -> Path:
@@ -96,8 +97,11 @@ def read_series(series: Path) -> list[Path]:
     return patches
 
 
-def fragments_for(detector: str) -> list[Path]:
-    names = BASE_FRAGMENTS + detectors.get(detector).fragments
+def fragments_for(detector: str, flavour: str | None = None) -> list[Path]:
+    """The fragments of a detector's kernel, then its flavour's."""
+    extra = detectors.flavour(flavour)
+    names = BASE_FRAGMENTS + detectors.get(detector).fragments + \
+        (extra.fragments if extra else ())
     frags = [KERNEL_CONFIG_DIR / n for n in names]
     for f in frags:
         if not f.is_file():
@@ -198,12 +202,13 @@ def _read_stamp(key_dir: Path) -> Kernel | None:
     return Kernel(build_dir=Path(d["build_dir"]), bzimage=Path(d["bzimage"]),
                   vmlinux=Path(d["vmlinux"]), release=d["release"],
                   modules={k: Path(v) for k, v in d["modules"].items()},
-                  detector=d["detector"])
+                  detector=d["detector"], flavour=d.get("flavour"))
 
 
-def kernel_key(detector: str = DEFAULT_DETECTOR,
-               kernel_src: str | None = None) -> tuple[str, Path, bool]:
-    """Return (cache key, source dir, user tree?) without building anything."""
+def kernel_key(detector: str = DEFAULT_DETECTOR, kernel_src: str | None = None,
+               flavour: str | None = None) -> tuple[str, Path, bool]:
+    """Return (cache key, source dir, user tree?) without building anything.
+    A flavour's fragments are hashed with the rest: its own key."""
     user_tree = kernel_src is not None
     if user_tree:
         src = Path(kernel_src)
@@ -213,7 +218,7 @@ def kernel_key(detector: str = DEFAULT_DETECTOR,
     else:
         patches = series_patches()
         src = None
-    frags = fragments_for(detector)
+    frags = fragments_for(detector, flavour)
     h = hashlib.sha256(RECIPE_VERSION.encode())
     _hash_files(h, patches + frags)
     if user_tree:
@@ -226,19 +231,21 @@ def kernel_key(detector: str = DEFAULT_DETECTOR,
 
 
 def build_kernel(detector: str = DEFAULT_DETECTOR, kernel_src: str | None = None,
-                 jobs: int | None = None) -> Kernel:
+                 jobs: int | None = None, flavour: str | None = None) -> Kernel:
     detector = detectors.get(detector).kernel
-    key, src, user_tree = kernel_key(detector, kernel_src)
+    flavour = detectors.flavour(flavour) and flavour   # "default" is None
+    key, src, user_tree = kernel_key(detector, kernel_src, flavour)
     key_dir = cache_dir() / "kernels" / key
     with CacheLock(key_dir.parent / f"{key}.lock"):
         kernel = _read_stamp(key_dir)
         if kernel and kernel.bzimage.exists():
-            _log(f"kernel: cached build {key_dir} ({kernel.release}, {detector})")
+            _log(f"kernel: cached build {key_dir} ({kernel.release}, "
+                 f"{detectors.with_flavour(detector, flavour)})")
         else:
             if src is None:
                 src = prepare_debian_source(series_patches())
             need_space(key_dir, BUILD_BYTES, "the kernel build")
-            kernel = _build(src, key_dir, detector, jobs or os.cpu_count() or 1)
+            kernel = _build(src, key_dir, detector, jobs or os.cpu_count() or 1, flavour)
         # Our guest modules change more often than the kernel: built apart.
         modules = dict(kernel.modules)
         modules.update(_build_extmods(kernel.build_dir, key_dir))
@@ -255,11 +262,12 @@ def configure(src: Path, build: Path, frags: list[Path], log: Path) -> None:
     kconfig.check_final_config(frags, build / ".config")
 
 
-def _build(src: Path, key_dir: Path, detector: str, jobs: int) -> Kernel:
+def _build(src: Path, key_dir: Path, detector: str, jobs: int,
+           flavour: str | None = None) -> Kernel:
     build = key_dir / "build"
     build.mkdir(parents=True, exist_ok=True)
     log = key_dir / "build.log"
-    frags = fragments_for(detector)
+    frags = fragments_for(detector, flavour)
     t0 = time.monotonic()
     configure(src, build, frags, log)
     run(["make", "-C", src, f"O={build}", f"-j{jobs}", "bzImage", "modules"], log)
@@ -270,14 +278,15 @@ def _build(src: Path, key_dir: Path, detector: str, jobs: int) -> Kernel:
     release = (build / "include/config/kernel.release").read_text().strip()
     kernel = Kernel(build_dir=build, bzimage=build / "arch/x86/boot/bzImage",
                     vmlinux=build / "vmlinux", release=release, modules=modules,
-                    detector=detector)
+                    detector=detector, flavour=flavour)
     for p in [kernel.bzimage, kernel.vmlinux, *modules.values()]:
         if not p.exists():
             raise HarnessError(f"build finished but {p} is missing (see {log})")
     stamp = {"build_dir": str(build), "bzimage": str(kernel.bzimage),
              "vmlinux": str(kernel.vmlinux), "release": release,
              "modules": {k: str(v) for k, v in modules.items()},
-             "detector": detector, "build_seconds": round(time.monotonic() - t0, 1)}
+             "detector": detector, "flavour": flavour,
+             "build_seconds": round(time.monotonic() - t0, 1)}
     tmp = key_dir / "kernel.json.tmp"
     tmp.write_text(json.dumps(stamp, indent=1))
     os.rename(tmp, key_dir / "kernel.json")

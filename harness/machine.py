@@ -6,6 +6,7 @@ harness killed with SIGKILL leaves nothing behind on disk.
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness import detectors
 from harness.accel import cpu_model
 from harness.errors import HarnessError
 
@@ -28,6 +29,10 @@ COMPARATOR_RULES = {
     "qemu": {"hpet_strict_comparator": False},      # a past comparator fires at once
     "hardware": {"hpet_strict_comparator": True},   # ... never (hpet.strict-comparator=on)
 }
+# The kernel the guest boots: the detector's plain kernel, or a flavour of
+# it (detectors.FLAVOURS: its config fragments on top).
+KERNEL_FLAVOURS = {"default": {"flavour": None},
+                   **{name: {"flavour": name} for name in detectors.FLAVOURS}}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class MachineSpec:
     # > 0: crashkernel=<n>M, and the initramfs carries this kernel and
     # initramfs in /boot for guest/tools/kdump-load (the kdump scenario).
     crash_kernel_mb: int = 0
+    # Not QEMU's: the flavour of the detector's kernel the guest boots
+    # (detectors.FLAVOURS, e.g. "debug"); None: the plain kernel.
+    flavour: str | None = None
 
     def validate(self) -> "MachineSpec":
         if not 1 <= self.cpus <= MAX_TCG_CPUS:
@@ -76,6 +84,7 @@ class MachineSpec:
         if not self.iommu_hpet and not self.iommu:
             raise HarnessError("iommu_hpet=off (the HPET left out of the DMAR table) "
                                "needs iommu=on")
+        detectors.flavour(self.flavour)       # an unknown one: one error line
         return self
 
     def qemu_features(self) -> tuple[str, ...]:
@@ -138,6 +147,8 @@ class MachineSpec:
         if self.hpet_msi and self.nmi_watchdog is None:
             parts.append("wd-default")   # an HPET detector machine not asked to use it
         parts.extend(self.cmdline_extra)
+        if self.flavour:
+            parts.append(self.flavour)
         return "-".join(parts)
 
     def with_(self, **kw) -> "MachineSpec":

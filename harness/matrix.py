@@ -17,7 +17,7 @@ from pathlib import Path
 from harness import catalog, expectations, kbuild
 from harness.errors import HarnessError
 from harness.machine import (APIC_MODES, COMPARATOR_RULES, IOMMU_MODES,
-                             MachineSpec)
+                             KERNEL_FLAVOURS, MachineSpec)
 
 # Matrix key -> MachineSpec field, and the type its values must have.
 AXES = {
@@ -31,8 +31,10 @@ AXES = {
 }
 # Axes whose values are names, each a setting of one or more MachineSpec
 # fields (the machine.APIC_MODES, IOMMU_MODES and COMPARATOR_RULES tables;
-# harness/expectations.py PATHS says what each combination must do).
-NAMED_AXES = {"apic": APIC_MODES, "iommu": IOMMU_MODES, "comparator": COMPARATOR_RULES}
+# harness/expectations.py PATHS says what each combination must do), and
+# the flavour of the detector's kernel (machine.KERNEL_FLAVOURS).
+NAMED_AXES = {"apic": APIC_MODES, "iommu": IOMMU_MODES, "comparator": COMPARATOR_RULES,
+              "flavour": KERNEL_FLAVOURS}
 # Older spellings kept working: iommu = true / false, --iommu on.
 ALIASES = {"iommu": {True: "described", False: "off", "on": "described"}}
 ALL_AXES = (*AXES, *NAMED_AXES)
@@ -84,7 +86,7 @@ class Case:
         s, default = self.spec, MachineSpec(**expectations.machine_defaults(self.detector))
         args = ["python -m harness run", f"--detector {self.detector}",
                 f"--cpus {s.cpus}", f"--iommu {s.iommu_mode}"]
-        for key in ("apic", "comparator"):
+        for key in ("apic", "comparator", "flavour"):
             if getattr(s, key) != getattr(default, key):
                 args.append(f"--{key} {getattr(s, key)}")
         for key, (field, kind) in AXES.items():
@@ -232,10 +234,14 @@ def load(path: Path) -> list[Case]:
 
 
 def select(cases: list[Case], detectors=None, cpus=None, iommu=None,
-           scenarios=None, ids=None, apic=None, comparator=None) -> list[Case]:
+           scenarios=None, ids=None, apic=None, comparator=None,
+           flavours=None) -> list[Case]:
     """The cases matching every filter given (None = no filter); iommu,
-    apic and comparator by their value names (or aliases: iommu True)."""
+    apic, comparator and flavour by their value names (or aliases: iommu
+    True; flavour "default" is the plain kernel)."""
     iommu = None if iommu is None else [named_value("iommu", v) for v in iommu]
+    flavours = None if flavours is None else \
+        [KERNEL_FLAVOURS[named_value("flavour", v)]["flavour"] for v in flavours]
 
     def keep(c: Case) -> bool:
         return ((detectors is None or c.detector in detectors)
@@ -243,6 +249,7 @@ def select(cases: list[Case], detectors=None, cpus=None, iommu=None,
                 and (iommu is None or c.spec.iommu_mode in iommu)
                 and (apic is None or c.spec.apic in apic)
                 and (comparator is None or c.spec.comparator in comparator)
+                and (flavours is None or c.spec.flavour in flavours)
                 and (scenarios is None or c.scenario in scenarios)
                 and (ids is None or c.id in ids))
     return [c for c in cases if keep(c)]

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from harness import accel as accel_mod
 from harness import catalog, initramfs, junit, report
 from harness.case_runner import GuestPool, run_case
+from harness.detectors import with_flavour
 from harness.errors import HarnessError
 from harness.matrix import Case
 from harness.qemu import die_with_parent
@@ -78,6 +79,11 @@ class RunRequest:
         """In the order the cases name them; the first chooses the accelerator."""
         return list(dict.fromkeys(c.detector for c in self.cases))
 
+    @property
+    def kernels(self) -> list[tuple[str, str | None]]:
+        """(detector, flavour) of each kernel the cases boot, in their order."""
+        return list(dict.fromkeys((c.detector, c.spec.flavour) for c in self.cases))
+
 
 @dataclass
 class RunResult:
@@ -102,13 +108,19 @@ class RunResult:
 
 # --- build -----------------------------------------------------------------
 
-def build(detectors, kernel_src: str | None = None) -> dict:
-    """detector -> (Kernel, initramfs), built or taken from the cache."""
-    return {d: initramfs.build_guest(d, kernel_src) for d in detectors}
+def build(kernels, kernel_src: str | None = None) -> dict:
+    """Each detector, or (detector, flavour), to its (Kernel, initramfs),
+    built or taken from the cache; keyed by detectors.with_flavour."""
+    built = {}
+    for k in kernels:
+        detector, flavour = (k, None) if isinstance(k, str) else k
+        built[with_flavour(detector, flavour)] = initramfs.build_guest(
+            detector, kernel_src, flavour)
+    return built
 
 
-def choose_accel(built: dict, detector: str) -> str:
-    kernel, initrd = built[detector]
+def choose_accel(built: dict, detector: str, flavour: str | None = None) -> str:
+    kernel, initrd = built[with_flavour(detector, flavour)]
     return accel_mod.choose_accel(kernel.bzimage, initrd)
 
 
@@ -302,7 +314,8 @@ def summarise(records: list[CaseRecord], request: RunRequest, accel: str, starte
         "jobs": request.jobs,
         "matrix": request.matrix,
         "command": request.command,
-        "kernels": {r.detector: r.kernel for r in records},
+        "kernels": {with_flavour(r.detector, r.spec.get("flavour")): r.kernel
+                    for r in records},
         "qemu": sorted({r.qemu for r in records if r.qemu})}, list(records))
 
 
@@ -335,8 +348,8 @@ def run(request: RunRequest, built: dict | None = None, accel: str | None = None
     """The whole run. `built` (from build()) and `accel` may be given by a
     caller that already has them."""
     out = Path(request.out)
-    built = built or build(request.detectors, request.kernel_src)
-    accel = accel or choose_accel(built, request.detectors[0])
+    built = built or build(request.kernels, request.kernel_src)
+    accel = accel or choose_accel(built, *request.kernels[0])
     setting = Setting(out, accel, request.retries, request.kernel_src, built,
                       request.scenario_args, request.qemu)
     out.mkdir(parents=True, exist_ok=True)

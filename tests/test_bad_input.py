@@ -20,6 +20,14 @@ cpu = [1, 2]
 scenarios = ["boot"]
 """
 
+BAD_FLAVOUR_MATRIX = """
+[[group]]
+name = "debug?"
+detector = "hpet"
+flavour = "prove-locking"
+scenarios = ["boot"]
+"""
+
 BAD_AXIS_MATRIX = """
 [[group]]
 detector = "hpet"
@@ -44,6 +52,12 @@ scenarios = ["boot"]
      "unknown apic value 'x3apic'; known: xapic, x2apic"),
     (["run", "--scenario", "boot", "--comparator", "strict"],
      "unknown comparator value 'strict'; known: qemu, hardware"),
+    (["run", "--scenario", "boot", "--flavour", "kasan"],
+     "unknown flavour value 'kasan'; known: default, debug"),
+    (["run", "--matrix", "matrix/nightly.toml", "--flavour", "debug,lockdep"],
+     "unknown flavour value 'lockdep'; known: default, debug"),
+    (["run", "--matrix", "{bad_flavour_matrix}"],
+     "group 'debug?': unknown flavour value 'prove-locking'; known: default, debug"),
     (["run", "--matrix", "matrix/nightly.toml", "--apic", "x2apic,x3apic"],
      "unknown apic value 'x3apic'"),
     (["run", "--matrix", "{bad_axis_matrix}"],
@@ -86,8 +100,10 @@ def test_bad_input_one_line(args, needle, tmp_path):
     out = tmp_path / "out"
     bad_axis = tmp_path / "bad-axis.toml"
     bad_axis.write_text(BAD_AXIS_MATRIX)
+    bad_flavour = tmp_path / "bad-flavour.toml"
+    bad_flavour.write_text(BAD_FLAVOUR_MATRIX)
     args = [a.replace("{bad_matrix}", str(bad)).replace("{bad_axis_matrix}", str(bad_axis))
-            for a in args]
+            .replace("{bad_flavour_matrix}", str(bad_flavour)) for a in args]
     if args[0] == "run":
         args += ["--out", str(out)]
     res = harness(*args)
