@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from harness import catalog, detectors, initramfs
+from harness import catalog, debug_checks, detectors, initramfs
 from harness.errors import GuestError
 from harness.matrix import Case, guest_key
 from harness.qemu import Guest, default_qemu, describe_qemu, machine_lacks
@@ -74,10 +74,11 @@ class GuestPool:
 
 
 def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int,
-             params: dict) -> tuple[Attempt, dict]:
-    """One try of a case: (the attempt, its measurements)."""
+             params: dict) -> tuple[Attempt, dict, bool]:
+    """One try of a case: (the attempt, its measurements, whether the
+    kernel reported a defect of its own: then it is not tried again)."""
     t0 = time.monotonic()
-    guest, start, measurements = None, 0, {}
+    guest, start, measurements, defect = None, 0, {}, None
     try:
         guest = pool.get(case.detector, case.spec)
         start = mark(guest)
@@ -101,11 +102,19 @@ def _attempt(case: Case, pool: GuestPool, case_dir: Path, n: int,
         (case_dir / f"console-attempt{n}.log").write_text(window + "\n")
         events = [e.to_dict() for e in guest.console.events() if e.line > start]
         (case_dir / f"events-attempt{n}.json").write_text(json.dumps(events, indent=1))
+        # The guest's whole console: what fell outside the scenario's window too.
+        defect = debug_checks.verdict(guest.console.events())
+        if defect:
+            scenario_said = f" (the scenario: {attempt.reason})" if attempt.reason else ""
+            attempt.passed, attempt.error = False, False
+            attempt.reason = defect + scenario_said
+            first = debug_checks.reports(guest.console.events())[0].line
+            attempt.console_tail = "\n".join(guest.console.text.splitlines()[first - 1:first + 39])
         if not attempt.passed and not attempt.console_tail:
             attempt.console_tail = guest.console.tail(40)
     if not attempt.passed:
         pool.retire()
-    return attempt, measurements
+    return attempt, measurements, defect is not None
 
 
 def run_case(case: Case, pool: GuestPool, retries: int = 0,
@@ -120,9 +129,9 @@ def run_case(case: Case, pool: GuestPool, retries: int = 0,
     if lacks:               # skipped by name, with what the QEMU lacks
         attempts.append(Attempt(True, f"skipped: {lacks}", skipped=True))
     for n in range(1, 0 if lacks else retries + 2):
-        attempt, measurements = _attempt(case, pool, case_dir, n, params or {})
+        attempt, measurements, defect = _attempt(case, pool, case_dir, n, params or {})
         attempts.append(attempt)
-        if attempt.passed:
+        if attempt.passed or defect:
             break
     last = attempts[-1]
     if last.skipped:

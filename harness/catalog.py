@@ -6,6 +6,7 @@ keywords (runner.RunRequest.scenario_args), with defaults.
 """
 
 from harness import contract_scenarios as cs
+from harness import debug_checks
 from harness import detector_scenarios as ds
 from harness import platform_scenarios as ps
 from harness import scenarios as sc
@@ -58,6 +59,10 @@ SCENARIOS = {
     # CPU. It must fail; it shows what a failure looks like in the reports.
     "canary-wrong-cpu": lambda g, d, cpu: sc.hard_lockup(
         g, d, cpu, expect_cpu=(cpu + 1) % g.spec.cpus),
+    # Deliberately wrong too: asks the kernel for a lock inversion, a sleep
+    # in atomic context and smp_processor_id() in preemptible code. On a
+    # debug flavour kernel (--flavour debug) its reports must fail it.
+    "canary-debug-report": lambda g, d, cpu: debug_checks.canary(g, d),
 }
 
 # Scenarios that act on one CPU (the others take none), and those that need

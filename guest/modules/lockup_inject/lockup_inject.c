@@ -25,6 +25,13 @@
  * "nmistall CPUS MS" sends each CPU of the list an NMI that this module
  * claims and spins in for MS ms: a CPU stuck in NMI context, which takes
  * no other NMI meanwhile. Logged as "lockup <seq> <cpu> nmistall ...".
+ *
+ * "defect" does, on request, what a debug kernel's checks must report, to
+ * show that they are on and that a report fails the case:
+ *
+ *   echo lock-inversion > /sys/kernel/debug/lockup_inject/defect
+ *   echo sleep-in-atomic > /sys/kernel/debug/lockup_inject/defect
+ *   echo smp-processor-id-preemptible > /sys/kernel/debug/lockup_inject/defect
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -357,6 +364,79 @@ static const struct file_operations inject_fops = {
 	.llseek	= noop_llseek,
 };
 
+enum li_defect { DEFECT_LOCK_INVERSION, DEFECT_SLEEP_IN_ATOMIC, DEFECT_CPU_PREEMPTIBLE };
+
+static const char * const defect_names[] = {
+	[DEFECT_LOCK_INVERSION]		= "lock-inversion",
+	[DEFECT_SLEEP_IN_ATOMIC]	= "sleep-in-atomic",
+	[DEFECT_CPU_PREEMPTIBLE]	= "smp-processor-id-preemptible",
+};
+
+static DEFINE_MUTEX(li_defect_a);
+static DEFINE_MUTEX(li_defect_b);
+static DEFINE_SPINLOCK(li_defect_spin);
+
+/*
+ * Nothing here deadlocks or sleeps: one task takes both mutexes, in one
+ * order and then in the other (lockdep: a possible circular dependency);
+ * the mutex taken under the spinlock is free (DEBUG_ATOMIC_SLEEP: its
+ * might_sleep() in atomic context); the CPU number is read, and not used,
+ * with preemption on (DEBUG_PREEMPT).
+ */
+static void li_defect(enum li_defect defect)
+{
+	switch (defect) {
+	case DEFECT_LOCK_INVERSION:
+		mutex_lock(&li_defect_a);
+		mutex_lock(&li_defect_b);
+		mutex_unlock(&li_defect_b);
+		mutex_unlock(&li_defect_a);
+		mutex_lock(&li_defect_b);
+		mutex_lock(&li_defect_a);
+		mutex_unlock(&li_defect_a);
+		mutex_unlock(&li_defect_b);
+		break;
+	case DEFECT_SLEEP_IN_ATOMIC:
+		spin_lock(&li_defect_spin);
+		mutex_lock(&li_defect_a);
+		mutex_unlock(&li_defect_a);
+		spin_unlock(&li_defect_spin);
+		break;
+	case DEFECT_CPU_PREEMPTIBLE:
+		pr_info("defect %s on cpu %d\n", defect_names[defect], smp_processor_id());
+		break;
+	}
+	pr_info("defect %s done\n", defect_names[defect]);
+}
+
+static ssize_t defect_write(struct file *file, const char __user *ubuf,
+			    size_t count, loff_t *ppos)
+{
+	char buf[64], *word;
+	int defect;
+
+	if (!count || count >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, count))
+		return -EFAULT;
+	buf[count] = '\0';
+
+	word = strim(buf);
+	defect = match_string(defect_names, ARRAY_SIZE(defect_names), word);
+	if (defect < 0) {
+		pr_err("unknown defect '%s'\n", word);
+		return -EINVAL;
+	}
+	li_defect(defect);
+	return count;
+}
+
+static const struct file_operations defect_fops = {
+	.owner	= THIS_MODULE,
+	.write	= defect_write,
+	.llseek	= noop_llseek,
+};
+
 static int log_show(struct seq_file *m, void *v)
 {
 	u64 seq, first;
@@ -392,6 +472,7 @@ static int __init lockup_inject_init(void)
 		return ret;
 	li_dir = debugfs_create_dir("lockup_inject", NULL);
 	debugfs_create_file("inject", 0200, li_dir, NULL, &inject_fops);
+	debugfs_create_file("defect", 0200, li_dir, NULL, &defect_fops);
 	debugfs_create_file("log", 0444, li_dir, NULL, &log_fops);
 	debugfs_create_atomic_t("active", 0444, li_dir, &li_active);
 	return 0;
