@@ -28,8 +28,9 @@ def coverage(cases: list[matrix.Case]) -> set[tuple]:
     return have
 
 
-# What the smoke tier leaves to the nightly one on purpose, and why. Only
-# (detector, family) pairs: every family and axis value stays in smoke.
+# What the smoke tier leaves to the nightly one on purpose, and why: some
+# (detector, family) pairs, and the debug kernel. Every family stays in
+# smoke, and every axis value but the kernel's flavour.
 SMOKE_LEAVES_OUT = {
     # The buddy detector's boundary sweep is a control (its own floor),
     # 160-210 s a sweep here; the HPET detector's sweep is in smoke.
@@ -43,6 +44,10 @@ SMOKE_LEAVES_OUT = {
     # The buddy detector's kdump is the control of the crash path alone (it
     # has no HPET channel to leave behind); the HPET detector's is in smoke.
     ("detector+family", "buddy", "kdump"),
+    # The debug flavour of the HPET kernel (lockdep, DEBUG_ATOMIC_SLEEP,
+    # DEBUG_PREEMPT): a third kernel build, and its guests are slower; the
+    # same scenarios run on the plain kernels in smoke.
+    ("axis", "flavour", "debug"),
 }
 
 
@@ -68,9 +73,20 @@ def test_the_coverage_check_sees_a_dropped_scenario_or_axis_value():
 
 def test_what_smoke_leaves_out_is_only_pairs_whose_family_it_has():
     have = coverage(SMOKE)
-    for _, detector, family in SMOKE_LEAVES_OUT:
-        assert ("family", family) in have
-        assert ("detector+family", detector, family) in coverage(NIGHTLY)
+    for what, *rest in SMOKE_LEAVES_OUT:
+        assert (what, *rest) in coverage(NIGHTLY)
+        if what == "detector+family":
+            assert ("family", rest[1]) in have
+        else:          # the one axis value: a kernel flavour, nothing else
+            assert what == "axis" and rest[0] == "flavour"
+
+
+def test_the_debug_kernel_runs_in_nightly_only():
+    assert {c.spec.flavour for c in SMOKE} == {None}
+    debug = [c for c in NIGHTLY if c.spec.flavour == "debug"]
+    assert debug and {c.detector for c in debug} == {"hpet"}
+    # Its scenarios all run in smoke too, on the plain kernels.
+    assert {c.scenario for c in debug} <= {c.scenario for c in SMOKE}
 
 
 def test_every_smoke_case_is_a_nightly_case():
