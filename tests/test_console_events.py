@@ -147,6 +147,18 @@ EXPECTED = {
         ("hard_lockup", 425.904718, 0, 6),
         ("lockup_released", 434.113901, 0, 8),  # after a shell prompt
     ],
+    # The debug flavour of the HPET kernel asked for three defects
+    # (canary-debug-report): what the written log below guessed, printed.
+    "guest-hpet-debug-2cpu-canary-debug-report.log": [
+        ("detector_enabled", 2.08505, 1, 277),
+        ("boot_complete", 2.606589, None, 284),  # running /init
+        ("boot_complete", 3.278884, None, 289),  # guest agent ready
+        # The "CPU: 1" header comes 80 lines on, after the lock chains; [T51]
+        # is a task, not a CPU.
+        ("lockdep", 3.478353, None, 292),
+        ("invalid_context", 3.550892, 1, 389),  # "INFO: lockdep is turned off." after it: no event
+        ("invalid_context", 3.627036, 1, 430),
+    ],
     "written-debug-kernel-reports.log": [
         # The lockdep report's "CPU:" header comes 14 lines later, too far to
         # be taken; [T60] is a task, not a CPU.
