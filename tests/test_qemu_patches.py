@@ -245,7 +245,7 @@ def test_patched_binary_probe_refuses_stock_qemu():
 def test_series_names_every_patch_and_the_key_follows_them(tmp_path, monkeypatch):
     patches = qb.series_patches()
     assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004", "0005", "0006",
-                                                "0007"]
+                                                "0007", "0008"]
     key = qb.build_key(patches)
     assert re.fullmatch(r"[0-9a-f]{16}", key) and key == qb.build_key()
     copy = tmp_path / patches[0].name
