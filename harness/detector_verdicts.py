@@ -132,7 +132,14 @@ def excluded(obs: Lockup, events: list[Event]) -> Verdict:
                        "reported: " + describe(mine), m)
     if obs.injected_at is None:
         return Verdict(False, f"no injection time for cpu {obs.cpu}", m)
-    bad = of_kinds(events, BAD_KINDS + LOCKUP_KINDS)
+    # A CPU that waits on the locked one (a cross-CPU call, a TLB
+    # shootdown) is stuck as long as it is: its soft lockup is recorded,
+    # as lockup_verdicts.lockup does, not held against the detector. Any
+    # other report is.
+    knock_on = [e for e in events if e.kind == EventKind.SOFT_LOCKUP and e.cpu != obs.cpu]
+    if knock_on:
+        m["knock_on_cpus"] = sorted({e.cpu for e in knock_on}, key=str)
+    bad = [e for e in of_kinds(events, BAD_KINDS + LOCKUP_KINDS) if e not in knock_on]
     if bad:
         return Verdict(False, "unexpected: " + describe(bad), m)
     return Verdict(True, f"cpu {obs.cpu} locked, outside the mask, not reported", m)

@@ -185,6 +185,24 @@ def test_a_cpu_outside_the_mask_must_not_be_reported():
     assert not v.passed and "outside watchdog_cpumask but was reported" in v.reason
 
 
+def test_a_cpu_waiting_on_the_excluded_one_is_a_knock_on_not_a_failure():
+    """A real console (make test, first attempt): CPU 2, outside the mask,
+    locked 8 s with interrupts off; the shell on CPU 3 waits in
+    on_each_cpu_cond_mask() for it and is reported as a soft lockup."""
+    log = Path(__file__).parent / "data" / "cpumask-excluded-knock-on-soft-lockup.log"
+    events = console_events.parse_file(log)
+    assert [(e.kind, e.cpu) for e in events if e.kind == "soft_lockup"] == [("soft_lockup", 3)]
+    obs = locked(cpu=2, start=0, end=len(log.read_text().split("\n")), injected_at=6.602747)
+    v = dv.excluded(obs, events)
+    assert v.passed and v.measurements["knock_on_cpus"] == [3], v.reason
+    # A hard lockup report of another CPU, or the excluded CPU's own soft
+    # lockup, is still a failure
+    other = dataclasses.replace(events[0], kind="hard_lockup", cpu=3, line=4)
+    assert not dv.excluded(obs, events + [other]).passed
+    own = dataclasses.replace(events[0], kind="soft_lockup", cpu=2, line=5)
+    assert not dv.excluded(obs, events + [own]).passed
+
+
 def test_enabled_wants_every_cpu_monitored_at_one_rate():
     obs = dv.Enabled(10, 100, nmi_watchdog="1", enabled_said=True, monitored=[0, 1, 2, 3],
                      channel=2, handling_cpu=1, nmis_before=[0] * 4,
