@@ -13,7 +13,7 @@ def _build(out_dir: str) -> list[str]:
 
 
 def test_tools_built_by_four_processes_at_once(tmp_path):
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
         results = pool.map(_build, [str(tmp_path)] * 4)
     assert all(r == results[0] for r in results) and results[0]
     built = sorted(os.listdir(tmp_path / "tools"))
