@@ -13,7 +13,7 @@ from harness.detectors import HPET, Detector
 from harness.lockup_verdicts import (BAD_KINDS, LOCKUP_KINDS, Lockup, Observation,
                                      bound_s, lockup, nmi_rate_problem, of_kinds, rates,
                                      repeated_reports, window)
-from harness.verdicts import Verdict
+from harness.verdicts import ENABLED_ON, Verdict
 
 
 def cpulist(text: str) -> set[int]:
@@ -253,7 +253,6 @@ def declines(obs: Declined, events: list[Event], spec) -> Verdict:
 
 
 REMAP_ON = r"DMAR-IR: Enabled IRQ remapping in (\w+) mode"
-ENABLED_ON = r"hpet_hld: enabled on channel (\d+), handling CPU"
 TURNED_OFF = r"hpet_hld: (disabled|not used)\b.*"
 
 

@@ -322,6 +322,7 @@ def test_kdump_fails_on_a_stray_nmi_no_crash_kernel_or_no_report():
     # The report names another cpu, or the dump holds none
     assert "no hard lockup report for cpu 2" in judge(cpu=2).reason
     assert not judge(dump=[]).passed
+    assert "no /proc/vmcore" in judge(dump=None).reason
     # Its own detector did not come back
     gone = re.sub(r"hpet_hld: enabled on channel \d+", "hpet_hld: not used", text)
     assert "did not come up" in judge(gone).reason
