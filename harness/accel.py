@@ -62,9 +62,9 @@ def probe(accel: str, kernel: Path, initrd: Path, qemu: str = "qemu-system-x86_6
 
 
 @lru_cache(maxsize=None)
-def choose_accel(kernel: Path, initrd: Path) -> str:
-    """HARNESS_ACCEL=kvm|tcg forces a choice; otherwise KVM only if it works."""
-    forced = os.environ.get("HARNESS_ACCEL")
+def choose_accel(kernel: Path, initrd: Path, forced: str | None = None) -> str:
+    """`forced` (kvm or tcg: the command line's HARNESS_ACCEL) is the choice;
+    otherwise KVM only if it works."""
     if forced:
         return forced
     if not os.path.exists("/dev/kvm"):

@@ -219,11 +219,13 @@ class BenchReport:
 
 
 def boot_times(detector: str, cpu_counts: list[int], boots: int, out: Path,
-               kernel, initrd, qemu: str | None = None) -> BootTimes:
+               kernel, initrd, qemu: str | None = None,
+               accel: str | None = None) -> BootTimes:
     """Host seconds from QEMU start to the agent's banner, and to a settled
     clocksource; guest seconds to /init from the kernel's timestamps.
-    qemu: the binary (default: qemu.default_qemu())."""
-    accel = accel_mod.choose_accel(kernel.bzimage, initrd)
+    qemu: the binary (default: qemu.default_qemu()); accel: forced, or
+    probed."""
+    accel = accel_mod.choose_accel(kernel.bzimage, initrd, accel)
     rows = {}
     for cpus in cpu_counts:
         spec = MachineSpec(cpus=cpus, **expectations.machine_defaults(detector))
@@ -357,7 +359,8 @@ def _git_commit() -> str | None:
 
 
 def qemu_bench(qemu: str, detector: str, cpu_counts: list[int], boots: int,
-               jobs: list[int], out: Path, kernel, initrd) -> QemuRow:
+               jobs: list[int], out: Path, kernel, initrd,
+               accel: str | None = None) -> QemuRow:
     """Boot times and the bench matrix on one QEMU binary."""
     from harness.qemu import describe_qemu, version_of
     out.mkdir(parents=True, exist_ok=True)
@@ -365,7 +368,7 @@ def qemu_bench(qemu: str, detector: str, cpu_counts: list[int], boots: int,
     return QemuRow(binary=qemu, version=".".join(map(str, version_of(qemu))),
                    describe=describe_qemu(qemu),
                    boot=boot_times(detector, cpu_counts, boots, out / "boots", kernel,
-                                   initrd, qemu),
+                                   initrd, qemu, accel),
                    matrix=[matrix_run(j, out / f"matrix-jobs{j}", qemu) for j in jobs])
 
 
@@ -399,27 +402,30 @@ def qemu_table(rows: dict[str, QemuRow]) -> str:
 def run(detector: str, cpu_counts: list[int], boots: int, jobs: list[int],
         out: Path, kernel, initrd, smoke: bool = True,
         smoke_results: Path | None = None, nightly_results: Path | None = None,
-        qemus: dict | None = None) -> BenchReport:
+        qemus: dict | None = None, kernel_src: str | None = None,
+        accel: str | None = None) -> BenchReport:
     """Every benchmark; bench.json in `out`. The smoke tier is run here
     unless its results are given (or smoke is False); the nightly tier's
     numbers come from a finished run's results.json only. qemus: label ->
     binary; the first is the default QEMU (its boot and matrix numbers are
     also the top-level "boot" and "matrix"), the others run the same boots
-    and the same bench matrix, for the side-by-side table (bench.txt)."""
+    and the same bench matrix, for the side-by-side table (bench.txt).
+    kernel_src: the kernel tree whose build times are reported (None: the
+    default source); accel: forced, or probed."""
     out.mkdir(parents=True, exist_ok=True)
     given = {name: load_results(p) for name, p in (("smoke", smoke_results),
                                                    ("nightly", nightly_results)) if p}
     result = BenchReport(
         meta={"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "commit": _git_commit(), "host_cpus": os.cpu_count()},
-        detector=detector, build=build_times(os.environ.get("KERNEL_SRC")))
+        detector=detector, build=build_times(kernel_src))
     qemus = qemus or {"default": None}     # None: qemu.default_qemu()
     for i, (label, binary) in enumerate(qemus.items()):
         if binary is None:
             from harness.qemu import default_qemu
             binary = default_qemu()
         row = qemu_bench(binary, detector, cpu_counts, boots, jobs,
-                         out / (f"qemu-{label}" if i else "."), kernel, initrd)
+                         out / (f"qemu-{label}" if i else "."), kernel, initrd, accel)
         result.qemu[label] = row
         if i == 0:
             result.boot, result.matrix = row.boot, row.matrix
@@ -536,7 +542,7 @@ DEFAULT_RUN_S = {
     ("hpet", "lkdtm-hardlockup"): 3.6, ("hpet", "lkdtm-softlockup"): 7.0,
     ("hpet", "lkdtm-spinlockup"): 6.0, ("hpet", "lkdtm-hung-task"): 8.9,
     ("hpet", "sysrq-backtrace"): 1.4, ("hpet", "cpumask-excluded"): 22.2,
-    ("hpet", "handling-cpu-hotplug"): 16.4, ("hpet", "runtime-changes"): 56.5,
+    ("hpet", "handling-cpu-hotplug"): 16.4, ("hpet", "runtime-changes"): 45.0,
     ("hpet", "declines"): 6.0,
     ("buddy", "boot"): 0.0, ("buddy", "enabled"): 0.0, ("buddy", "idle"): 6.0,
     ("buddy", "hard-lockup"): 14.1, ("buddy", "soft-lockup"): 12.9,
@@ -550,6 +556,8 @@ DEFAULT_RUN_S = {
     ("hpet", "unknown-nmi"): 15.7, ("buddy", "unknown-nmi"): 18.4,
     ("hpet", "vm-pause"): 20.2, ("hpet", "nmi-stall"): 19.2,
     ("hpet", "unknown-nmi-panic"): 0.9,
+    # 2026-11-29, one case each (harness run --scenario ...).
+    ("hpet", "machine-stalls"): 22.0, ("buddy", "machine-stalls"): 22.0,
 }
 DEFAULT_ENDS_GUEST = {"lkdtm-hardlockup", "lkdtm-softlockup", "lkdtm-spinlockup",
                       "lkdtm-hung-task", "hard-lockup+panic", "unknown-nmi-panic"}

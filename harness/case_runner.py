@@ -146,7 +146,7 @@ def run_case(case: Case, pool: GuestPool, retries: int = 0,
         scenario=case.scenario, outcome=outcome, reason=last.reason, cpu=case.cpu,
         spec=d["spec"], attempts=attempts,
         duration_s=round(sum(a.duration_s for a in attempts), 2),
-        measurements=measurements, reproduce=case.reproduce(), accel=pool.accel,
+        measurements=measurements, reproduce=case.reproduce(params), accel=pool.accel,
         kernel=pool.kernel_id(case.detector, case.spec.flavour), qemu=describe_qemu(pool.qemu),
         artifacts=os.path.relpath(case_dir, pool.out),
         console_tail="" if outcome in (Outcome.PASS, Outcome.SKIP) else next(

@@ -5,6 +5,8 @@ scenario has one (None otherwise); a scenario with parameters takes them as
 keywords (runner.RunRequest.scenario_args), with defaults.
 """
 
+import inspect
+
 from harness import contract_scenarios as cs
 from harness import debug_checks
 from harness import detector_scenarios as ds
@@ -38,13 +40,18 @@ SCENARIOS = {
     "sysrq-backtrace": lambda g, d, cpu: ds.sysrq_backtrace(g, d),
     # What must not happen: no report below watchdog_thresh, no NMI taken
     # from its owner or from the unknown NMI path.
-    "boundary-sweep": lambda g, d, cpu: cs.boundary_sweep(g, d),
+    # per_length: sections of each length (matrix/smoke.toml takes fewer).
+    "boundary-sweep": lambda g, d, cpu, per_length=cs.SWEEP_PER_LENGTH:
+        cs.boundary_sweep(g, d, per_length),
     "unknown-nmi": lambda g, d, cpu: cs.unknown_nmis(g, d),
     "unknown-nmi-panic": lambda g, d, cpu: cs.unknown_nmi_panic(g, d),
     # Liveness: the detector comes back after its handling CPU was stuck in
     # NMI context, and after the whole machine was paused.
     "nmi-stall": lambda g, d, cpu: cs.nmi_stall(g, d),
     "vm-pause": lambda g, d, cpu: cs.vm_pause(g, d),
+    # No unknown NMI, no report, while the machine keeps being frozen for
+    # a while with its clocks running on (SMIs, a starved VM).
+    "machine-stalls": lambda g, d, cpu: cs.machine_stalls(g, d),
     "suspend-resume": lambda g, d, cpu: ps.suspend_resume(g, d),
     "hpet-users": lambda g, d, cpu: ps.hpet_users(g, d),
     # CPUs the detector must not touch: outside watchdog_cpumask, or never
@@ -79,3 +86,25 @@ def get(name: str):
     if name not in SCENARIOS:
         raise HarnessError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     return SCENARIOS[name]
+
+
+def check_args(name: str, args) -> dict:
+    """Keywords for scenario `name` (a matrix file's [scenario_args], the
+    command line's --soak-seconds), checked before any work: each one a
+    parameter the scenario has, a number like its default, more than 0."""
+    params = {p.name: p.default for p in inspect.signature(get(name)).parameters.values()
+              if p.default is not inspect.Parameter.empty}
+    if not isinstance(args, dict):
+        raise HarnessError(f"scenario {name!r}: its arguments must be a table, not {args!r}")
+    for key, value in args.items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise HarnessError(f"scenario {name!r} has no parameter {key!r}; known: {known}")
+        kind = type(params[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (kind is int and not isinstance(value, int)):
+            raise HarnessError(f"scenario {name!r}: {key} = {value!r}: expected "
+                               f"{'a whole number' if kind is int else 'a number'}")
+        if not value > 0:
+            raise HarnessError(f"scenario {name!r}: {key} = {value!r}: must be more than 0")
+    return args

@@ -18,7 +18,7 @@ def _on_off(value: str) -> bool:
 
 def cmd_kernel(args) -> int:
     from harness import kbuild
-    kernel = kbuild.build_kernel(args.detector, os.environ.get("KERNEL_SRC"),
+    kernel = kbuild.build_kernel(args.detector, env_kernel_src(),
                                  flavour=args.flavour)
     print(kernel.bzimage)
     return 0
@@ -34,15 +34,32 @@ def cmd_qemu(args) -> int:
             print(f"  {'yes' if name in q.features else 'no '} {name}: {what}")
         qemu_build.check(args.check, require=True)    # lacking one: an error line
         return 0
-    q = qemu_build.resolve(require=True)
+    q = qemu_build.resolve(require=True, explicit=env_qemu())
     print(q.binary)
     return 0
+
+
+# The environment is read here, by the command line, and passed on.
+def env_kernel_src() -> str | None:
+    """KERNEL_SRC=/path/to/tree: the user's kernel tree (else Debian's)."""
+    return os.environ.get("KERNEL_SRC") or None
+
+
+def env_accel() -> str | None:
+    """HARNESS_ACCEL=kvm|tcg: the accelerator, forced (else probed)."""
+    return os.environ.get("HARNESS_ACCEL") or None
+
+
+def env_qemu() -> str | None:
+    """QEMU=/path/to/qemu-system-x86_64: guests on that QEMU (else the
+    patched build)."""
+    return os.environ.get("QEMU") or None
 
 
 def prepare(detector: str, flavour: str | None = None):
     """Kernel (cached build) and an initramfs with modules built against it."""
     from harness import initramfs
-    return initramfs.build_guest(detector, os.environ.get("KERNEL_SRC"), flavour)
+    return initramfs.build_guest(detector, env_kernel_src(), flavour)
 
 
 def cmd_initramfs(args) -> int:
@@ -77,7 +94,7 @@ def cmd_probe_accel(args) -> int:
     for name in ("kvm", "tcg"):
         ok, why = accel.probe(name, kernel.bzimage, initrd)
         print(f"{name}: {'works' if ok else 'unusable'} ({why})")
-    print(f"chosen: {accel.choose_accel(kernel.bzimage, initrd)}")
+    print(f"chosen: {accel.choose_accel(kernel.bzimage, initrd, env_accel())}")
     return 0
 
 
@@ -180,7 +197,7 @@ def resolve_run_qemu() -> str:
     cases needing what it lacks are skipped by name), else the patched
     build (cached by the hash of its inputs; built now if missing, with
     every patched feature checked)."""
-    explicit = os.environ.get("QEMU")
+    explicit = env_qemu()
     if explicit:
         import shutil
         return shutil.which(explicit) or explicit
@@ -195,6 +212,36 @@ class BuildFailed(HarnessError):
     exit_code = 125
 
 
+def _scenario_arg(text: str) -> tuple[str, str, int | float]:
+    """--scenario-arg NAME.KEY=NUMBER, split and its number read."""
+    name, dot, rest = text.partition(".")
+    key, eq, value = rest.partition("=")
+    if not (dot and eq and name and key):
+        raise HarnessError(f"--scenario-arg {text}: expected NAME.KEY=NUMBER, "
+                           "e.g. boundary-sweep.per_length=4")
+    try:
+        number = int(value) if value.lstrip("-").isdigit() else float(value)
+    except ValueError:
+        raise HarnessError(f"--scenario-arg {text}: {value!r} is not a number") from None
+    return name, key, number
+
+
+def _scenario_args(args) -> dict:
+    """The matrix file's [scenario_args], then --scenario-arg and
+    --soak-seconds over them."""
+    from harness import catalog, matrix
+    got = {k: dict(v) for k, v in matrix.scenario_args(Path(args.matrix)).items()} \
+        if args.matrix else {}
+    for text in args.scenario_arg or ():
+        name, key, number = _scenario_arg(text)
+        got.setdefault(name, {})[key] = number
+    if args.soak_seconds:
+        got.setdefault("soak", {})["seconds"] = args.soak_seconds
+    for name, kw in got.items():
+        catalog.check_args(name, kw)
+    return got
+
+
 def cmd_run(args) -> int:
     """Select the cases, build their kernels, run them (harness.runner) and
     say how it went: one code path for `make test`, `make nightly` and a
@@ -206,17 +253,17 @@ def cmd_run(args) -> int:
     cases = select_cases(args)
     if args.soak_seconds is not None and not args.soak_seconds > 0:
         raise HarnessError(f"--soak-seconds {args.soak_seconds:g}: must be more than 0")
-    kernel_src = os.environ.get("KERNEL_SRC")
+    kernel_src = env_kernel_src()
     request = runner.RunRequest(
         tuple(cases), Path(args.out).resolve(), jobs=args.jobs or default_jobs(),
         retries=args.retries, kernel_src=kernel_src,
         matrix=args.matrix or "command line", progress=args.progress,
         command="python -m harness run " + " ".join(sys.argv[2:]),
-        scenario_args={"soak": {"seconds": args.soak_seconds}} if args.soak_seconds else {})
+        scenario_args=_scenario_args(args))
     if args.bisect:                      # a tree that is no kernel is bad input
         for d, flavour in request.kernels:
             kbuild.kernel_key(detectors.get(d).kernel, kernel_src, flavour)
-    if os.environ.get("QEMU"):           # bad input before any work
+    if env_qemu():                       # bad input before any work
         check_qemu(resolve_run_qemu())
     out = request.out
     # Before anything else: how many cases and how long, from the previous
@@ -242,7 +289,7 @@ def cmd_run(args) -> int:
     request = dataclasses.replace(request, qemu=qemu)
     print(f"harness: {len(cases)} cases, {request.jobs} at a time; log in "
           f"{out / 'run.log'}", file=sys.stderr, flush=True)
-    result = runner.run(request, built)
+    result = runner.run(request, built, env_accel())
     sys.stdout.write((out / "report.ktap").read_text())
     print(f"harness: {', '.join(f'{n} {o}' for o, n in result.counts.items())} in "
           f"{result.summary.meta['wall_s'] / 60:.1f} min; report {out / 'report.html'}",
@@ -280,13 +327,13 @@ def cmd_bench(args) -> int:
         if path:
             bench.load_results(Path(path))
     from harness import qemu_build
-    from harness.qemu import check_qemu, default_qemu
+    from harness.qemu import check_qemu
     qemus = {}
     for item in filter(None, args.qemu.split(",")):
         label, _, binary = item.rpartition("=")
         if item != "default" and not Path(binary).is_file():
             raise HarnessError(f"--qemu {item}: {binary} does not exist")
-        binary = default_qemu() if item == "default" else binary
+        binary = resolve_run_qemu() if item == "default" else binary
         check_qemu(binary)
         q = qemu_build.check(binary)
         qemus[label or "qemu-" + ".".join(map(str, q.version))
@@ -296,7 +343,7 @@ def cmd_bench(args) -> int:
                        kernel, initrd, smoke=args.smoke,
                        smoke_results=args.smoke_results and Path(args.smoke_results),
                        nightly_results=args.nightly_results and Path(args.nightly_results),
-                       qemus=qemus)
+                       qemus=qemus, kernel_src=env_kernel_src(), accel=env_accel())
     print(result.to_json())
     if previous is not None:
         print(bench.side_by_side(previous, result.to_dict(), args.previous,
@@ -325,9 +372,10 @@ def boot_spec(args):
 
 def cmd_boot(args) -> int:
     from harness import accel, elfcheck, interactive
-    from harness.qemu import Guest, check_qemu, default_qemu
+    from harness.qemu import Guest, check_qemu
     spec = boot_spec(args)
-    check_qemu(default_qemu())
+    qemu_bin = resolve_run_qemu()
+    check_qemu(qemu_bin)
     image = Path(args.kernel) if args.kernel else None
     if image is not None and not image.is_file():
         raise HarnessError(f"kernel image {image} does not exist")
@@ -343,7 +391,7 @@ def cmd_boot(args) -> int:
     image = image or kernel.bzimage
     workdir = Path(args.out) / f"boot-{spec.label()}-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = ()
-    chosen = accel.choose_accel(image, initrd)
+    chosen = accel.choose_accel(image, initrd, env_accel())
     if args.ssh:
         from harness import ssh
         workdir.mkdir(parents=True, exist_ok=True)
@@ -351,7 +399,7 @@ def cmd_boot(args) -> int:
         initrd = ssh.join_initrd(initrd, ssh.prepare(workdir, port),
                                  workdir / "initrd-ssh.cpio.gz")
         extra = tuple(ssh.qemu_args(port))
-    with Guest(spec, image, initrd, workdir, chosen,
+    with Guest(spec, image, initrd, workdir, chosen, qemu=qemu_bin,
                interactive=True, gdb_port=args.gdb, extra_args=extra) as g:
         g.wait_booted(timeout=60)
         interactive.hand_over(g, kernel.vmlinux)
@@ -515,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{flag}", help=help_)
     s.add_argument("--jobs", type=int, default=0,
                    help="guests at once (default: half the host's cores)")
+    s.add_argument("--scenario-arg", action="append", metavar="NAME.KEY=NUMBER",
+                   help="a keyword for a scenario that takes one, e.g. "
+                   "boundary-sweep.per_length=4 (repeatable; over the matrix "
+                   "file's [scenario_args])")
     s.add_argument("--soak-seconds", type=float, metavar="S",
                    help="how long the soak scenario watches (default 600)")
     s.add_argument("--retries", type=int, default=1,

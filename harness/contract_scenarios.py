@@ -9,6 +9,8 @@
   kernel's unknown NMI path, one for one. The detector must not take them.
 - unknown-nmi-panic: with kernel.unknown_nmi_panic=1 such an NMI on the CPU
   that handles the HPET NMI panics the machine.
+- machine-stalls: the machine frozen again and again while its clocks run
+  on (SMIs; a starved VM): late expiries are no unknown NMIs, no report.
 
 The injections here are quiet: nothing is printed on a locked CPU, as that
 would touch its watchdog (see guest/modules/lockup_inject). Each scenario
@@ -18,6 +20,7 @@ import os
 import random
 import re
 import secrets
+import signal
 import time
 
 from harness import detectors, expectations, inject_log, verdicts
@@ -242,7 +245,7 @@ def expiries(guest: Guest) -> int | None:
 def counters(guest: Guest) -> dict:
     """The detector's debugfs counters that this series has, for the record."""
     out = guest.run(f"cd {HLD_DEBUGFS} 2>/dev/null && grep . nmis early late restarts "
-                    "missed mispredicted ipis ipis_held 2>/dev/null").output
+                    "missed mispredicted anchored ipis ipis_held 2>/dev/null").output
     return {k: int(v) for k, _, v in (line.partition(":") for line in out.split())
             if v.isdigit()}
 
@@ -309,6 +312,68 @@ def nmi_stall(guest: Guest, detector: str) -> Result:
     return _still_detects(guest, detector, name, m, steps, start, before,
                           excused=lambda e: e.kind == "hard_lockup" and e.cpu == cpu
                           and e.time is not None and e.time <= late_ok)
+
+
+# machine-stalls: the machine frozen for STALL of every STALL + RUN, in
+# expiry periods (watchdog_thresh / 5): under half a period, so that an
+# expiry is late by less than that and never skipped; for STALLED_PERIODS,
+# then left to run FREE_PERIODS (its next expiry on time), CYCLES times.
+STALL_PERIODS, RUN_PERIODS = 0.45, 0.04
+STALLED_PERIODS, FREE_PERIODS, CYCLES = 16, 2, 2
+
+
+def stall_bursts(guest: Guest, seconds: float, stall_s: float, run_s: float) -> int:
+    """Freeze the whole machine (SIGSTOP to QEMU) for `stall_s`, let it run
+    for `run_s`, for `seconds`; how many stalls. Its clocks run on: the
+    guest's TSC is the host's, its HPET counter QEMU's virtual clock, which
+    only a QMP stop holds. The guest is always continued."""
+    pid, stalls = guest.proc.pid, 0
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end and guest.alive():
+            os.kill(pid, signal.SIGSTOP)
+            stalls += 1
+            # The stall is the action itself, not a wait for something.
+            time.sleep(stall_s)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(run_s)
+    finally:
+        if guest.alive():
+            os.kill(pid, signal.SIGCONT)
+    return stalls
+
+
+def machine_stalls(guest: Guest, detector: str) -> Result:
+    """The whole machine frozen again and again while its clocks run on, as
+    SMIs do on hardware and a host that does not run its VM: 0.45 of every
+    0.49 expiry periods for 16 periods, then free for 2, twice. Every
+    expiry comes late, by up to 0.45 of a period, then one on time: none
+    may be taken for an unknown NMI, nothing may be reported, and the
+    expiries must go on."""
+    name = "machine-stalls"
+    thresh = guest.spec.watchdog_thresh
+    period = thresh / 5
+    start = mark(guest)
+    stall_s, run_s = STALL_PERIODS * period, RUN_PERIODS * period
+    stalls = 0
+    for _ in range(CYCLES):
+        stalls += stall_bursts(guest, STALLED_PERIODS * period, stall_s, run_s)
+        # Running free is the action itself, not a wait for something.
+        time.sleep(FREE_PERIODS * period)
+    _flush_console(guest)
+    check_tsc_stable(guest, start)
+    m: dict = {"stalls": stalls, "stall_ms": round(stall_s * 1000),
+               "run_ms": round(run_s * 1000), "cycles": CYCLES}
+    steps = [f"{stalls} stalls of {stall_s * 1000:.0f} ms every "
+             f"{(stall_s + run_s) * 1000:.0f} ms"]
+    during = since(guest, start, LOCKUP_KINDS + BAD_KINDS)
+    if during:
+        m.update(counters(guest))
+        return Result(name, guest.spec.label(), False,
+                      steps[0] + "; during them: " + describe(during), m)
+    # Reporting after a disturbance is vm-pause's and nmi-stall's to show.
+    return came_back(guest, name, m, steps, start, expiries(guest)) or \
+        Result(name, guest.spec.label(), True, "; ".join(steps), m)
 
 
 def vm_pause(guest: Guest, detector: str) -> Result:

@@ -143,25 +143,30 @@ def _judge_steps(guest: Guest, detector: str, name: str, obs: dv.Steps) -> Resul
 
 
 def runtime_changes(guest: Guest, detector: str) -> Result:
-    """watchdog_thresh 10 -> 2 -> 0 -> 4 and nmi_watchdog 0 -> 1 at run time:
-    detection works when on, nothing fires when off."""
+    """watchdog_thresh 10 -> 4 -> 0 -> 2 and nmi_watchdog 0 -> 1 at run time:
+    detection works when on, nothing fires when off. A lockup while off is
+    held a second past the latest report the last setting that was on
+    would have given."""
     name = "runtime-changes"
     spec0, n = guest.spec, guest.spec.cpus
     target = n - 1
     obs = dv.Steps([])
-    plan = [("watchdog_thresh", 10, None), ("watchdog_thresh", 2, True),
-            ("watchdog_thresh", 0, False), ("watchdog_thresh", 4, True),
+    plan = [("watchdog_thresh", 10, None), ("watchdog_thresh", 4, True),
+            ("watchdog_thresh", 0, False), ("watchdog_thresh", 2, True),
             ("nmi_watchdog", 0, False), ("nmi_watchdog", 1, True)]
+    last_on = spec0.watchdog_thresh
     try:
         for knob, value, reported in plan:
             _set(guest, knob, value)
             if knob == "watchdog_thresh":
                 guest.spec = spec0.with_(watchdog_thresh=value)   # bounds follow
+                last_on = value or last_on
             if reported is None:
                 continue
+            quiet_s = expectations.hard_lockup_bound_s(detector, last_on) + 1
             lockup = observe_lockup(guest, detector, target, "irqoff", EventKind.HARD_LOCKUP,
                                     name=name) if reported else \
-                _quiet_lockup(guest, detector, target, 10)
+                _quiet_lockup(guest, detector, target, quiet_s)
             label = f"thresh={value}" if knob == "watchdog_thresh" else f"{knob}={value}"
             obs = dv.Steps(obs.steps + [dv.Step(label, lockup, reported)])
             if not _judge_steps(guest, detector, name, obs).passed:

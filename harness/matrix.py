@@ -6,7 +6,9 @@ A matrix file is a list of [[group]] tables. Each key of a group other than
 axes, a single value applies to every machine. Scenarios are "name" or
 "name@cpus", where cpus is all, first, middle, last, spread (first, middle
 and last) or a CPU number. Scenarios that need two CPUs are left out on
-one-CPU machines. See matrix/nightly.toml.
+one-CPU machines. A [scenario_args.NAME] table gives keywords to a
+scenario that takes parameters (harness.catalog), for all its cases in the
+file (matrix/smoke.toml: a shorter boundary sweep). See matrix/nightly.toml.
 """
 import hashlib
 import itertools
@@ -81,8 +83,9 @@ class Case:
         spec = dict(d["spec"], cmdline_extra=tuple(d["spec"]["cmdline_extra"]))
         return cls(d["detector"], MachineSpec(**spec), d["scenario"], d["cpu"], d["id"])
 
-    def reproduce(self) -> str:
-        """A command line that runs this one case on a fresh guest."""
+    def reproduce(self, params: dict | None = None) -> str:
+        """A command line that runs this one case on a fresh guest, with the
+        scenario's keywords `params` if the run had any."""
         s, default = self.spec, MachineSpec(**expectations.machine_defaults(self.detector))
         args = ["python -m harness run", f"--detector {self.detector}",
                 f"--cpus {s.cpus}", f"--iommu {s.iommu_mode}"]
@@ -102,6 +105,8 @@ class Case:
             args.append(f"--{key.replace('_', '-')} {value}")
         where = "" if self.cpu is None else f"@{self.cpu}"
         args.append(f"--scenario {self.scenario}{where}")
+        args.extend(f"--scenario-arg {self.scenario}.{k}={v}"
+                    for k, v in sorted((params or {}).items()))
         return " ".join(args)
 
 
@@ -212,18 +217,38 @@ def name_cases(cases: list[Case]) -> list[Case]:
     return named
 
 
-def load(path: Path) -> list[Case]:
-    path = Path(path)
+def _read(path: Path) -> dict:
     if not path.is_file():
         raise HarnessError(f"matrix file {path} does not exist")
     try:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise HarnessError(f"{path}: not valid TOML: {e}") from None
-    unknown = set(doc) - {"group"}
+    unknown = set(doc) - {"group", "scenario_args"}
     if unknown:
         raise HarnessError(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
-                           f"only [[group]] tables")
+                           f"only [[group]] and [scenario_args] tables")
+    return doc
+
+
+def scenario_args(path: Path) -> dict[str, dict]:
+    """The file's [scenario_args.NAME] tables: keywords for the scenarios
+    that take parameters, for every case of that scenario in the file."""
+    path = Path(path)
+    raw = _read(path).get("scenario_args", {})
+    if not isinstance(raw, dict):
+        raise HarnessError(f"{path}: scenario_args must be a table of [scenario_args.NAME]")
+    for name, args in raw.items():
+        try:
+            catalog.check_args(name, args)
+        except HarnessError as e:
+            raise HarnessError(f"{path}: {e}") from None
+    return raw
+
+
+def load(path: Path) -> list[Case]:
+    path = Path(path)
+    doc = _read(path)
     groups = doc.get("group")
     if not isinstance(groups, list) or not groups:
         raise HarnessError(f"{path}: no [[group]] tables")

@@ -133,12 +133,9 @@ def describe_qemu(qemu: str) -> str:
 
 
 def default_qemu() -> str:
-    """The QEMU guests run on: QEMU=/path if set (`harness run` sets it to
-    what it resolved, for its workers), else the patched build (cached;
-    harness/qemu_build.py)."""
-    explicit = os.environ.get("QEMU")
-    if explicit:
-        return explicit
+    """The QEMU guests run on when no other is given: the patched build
+    (cached; harness/qemu_build.py). The command line's QEMU=/path is
+    passed as a parameter instead (harness.cli.resolve_run_qemu)."""
     from harness import qemu_build
     return str(qemu_build.build_qemu().binary)
 

@@ -534,9 +534,9 @@ def check(binary: str | Path, require: bool | tuple = False) -> Qemu:
     return q
 
 
-def resolve(require: bool | tuple = True) -> Qemu:
-    """QEMU=/path/to/qemu-system-x86_64 if set (checked), else the build."""
-    explicit = os.environ.get("QEMU")
+def resolve(require: bool | tuple = True, explicit: str | None = None) -> Qemu:
+    """`explicit` (the command line's QEMU=/path/to/qemu-system-x86_64) if
+    given, checked; else the build."""
     if explicit:
         return check(explicit, require)
     q = build_qemu()

@@ -71,8 +71,8 @@ class RunRequest:
             raise HarnessError(f"jobs must be at least 1, not {self.jobs}")
         if self.retries < 0:
             raise HarnessError(f"retries must be 0 or more, not {self.retries}")
-        for name in self.scenario_args:
-            catalog.get(name)               # an unknown scenario: one error line
+        for name, args in self.scenario_args.items():
+            catalog.check_args(name, args)  # bad input: one error line
 
     @property
     def detectors(self) -> list[str]:
@@ -314,6 +314,7 @@ def summarise(records: list[CaseRecord], request: RunRequest, accel: str, starte
         "jobs": request.jobs,
         "matrix": request.matrix,
         "command": request.command,
+        "scenario_args": request.scenario_args,
         "kernels": {with_flavour(r.detector, r.spec.get("flavour")): r.kernel
                     for r in records},
         "qemu": sorted({r.qemu for r in records if r.qemu})}, list(records))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from harness import detectors, lockup_verdicts as lv, verdicts
 from harness.console_events import Event, EventKind
+from harness.detector_verdicts import cpulist
 from harness.errors import HarnessError
 from harness.lockup_verdicts import BAD_KINDS, HUNG_TASK_TIMEOUT_S, LOCKUP_KINDS
 from harness.qemu import Guest
@@ -258,6 +259,25 @@ LKDTM_TYPES = {"HARDLOCKUP": "hard_lockup", "SOFTLOCKUP": "soft_lockup",
                "SPINLOCKUP": "soft_lockup", "HUNG_TASK": "hung_task"}
 
 
+AGENT_TTY = "ttyS1"       # the agent's serial port (guest/init)
+
+
+def steer_agent_irq(guest: Guest, away_from: int) -> None:
+    """Move the interrupt of the agent's serial port off `away_from`, a CPU
+    about to lock up for good: an agent whose input interrupt goes to it
+    hears nothing more, so no console nudge could flush a report printed
+    there in NMI context (8 vCPUs with the IOMMU put it on CPU 5)."""
+    others = ",".join(str(c) for c in range(guest.spec.cpus) if c != away_from)
+    if not others:
+        return
+    got = guest.check(f"d=$(dirname $(ls -d /proc/irq/*/{AGENT_TTY} | head -1)); "
+                      f"echo {others} > $d/smp_affinity_list && "
+                      "cat $d/effective_affinity_list").strip()
+    if away_from in cpulist(got):
+        raise guest.failure(f"the agent's interrupt stays on cpu {got}, which is about "
+                            f"to lock up")
+
+
 def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
     """LKDTM lockups never end: check the report, then retire the guest."""
     check_cpu(guest, cpu)
@@ -272,6 +292,8 @@ def lkdtm(guest: Guest, detector: str, cpu: int, crash: str) -> Result:
         guest.check(f"[ -e {LKDTM_DIRECT} ] || insmod /lib/modules/lkdtm.ko")
         if kind == "hung_task":
             guest.check(f"echo {HUNG_TASK_TIMEOUT_S} > /proc/sys/kernel/hung_task_timeout_secs")
+        else:
+            steer_agent_irq(guest, cpu)
         start = mark(guest)
         # SPINLOCKUP takes a spinlock and returns: the second call spins.
         times = 2 if crash == "SPINLOCKUP" else 1

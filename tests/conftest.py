@@ -4,12 +4,14 @@ accelerator and a guest pool, all for one detector, the first of
 Matrix cases are not tests here: `python -m harness run` runs them
 (harness/runner.py)."""
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from harness import accel as accel_mod
-from harness import initramfs, kbuild
+from harness import initramfs, kbuild, qemu
 from harness.case_runner import GuestPool
 from harness.errors import GuestError, HarnessError
 from harness.paths import REPO
@@ -23,8 +25,19 @@ def pytest_addoption(parser):
                      help="where the guest tests keep their guests' directories")
 
 
+def _interrupted(signum, frame):
+    """SIGTERM (a CI job cancelled, a `timeout`) ends the session as Ctrl-C
+    does: its guests killed, no further test started, exit status 2."""
+    qemu.kill_all()
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the session ends")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "kernel: needs the built kernel (and maybe guests)")
+    # Before any guest starts: harness.qemu installs its own handler only
+    # where none is, and its SystemExit would be one failed test here.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted)
     for d in config.getoption("--detectors").split(","):
         if d not in kbuild.DETECTORS:
             raise pytest.UsageError(f"--detectors: unknown detector {d!r}; known: "
@@ -47,13 +60,14 @@ def built(detector):
 @pytest.fixture(scope="session")
 def accel(built):
     kernel, initrd = built
-    return accel_mod.choose_accel(kernel.bzimage, initrd)
+    return accel_mod.choose_accel(kernel.bzimage, initrd, os.environ.get("HARNESS_ACCEL"))
 
 
 @pytest.fixture(scope="session")
 def pool(pytestconfig, detector, built, accel):
     p = GuestPool(accel, Path(pytestconfig.getoption("--harness-out")),
-                  os.environ.get("KERNEL_SRC"), built={detector: built})
+                  os.environ.get("KERNEL_SRC"), built={detector: built},
+                  qemu=os.environ.get("QEMU") or None)
     yield p
     p.retire()
 

@@ -139,3 +139,29 @@ def test_a_killed_worker_ends_the_run_with_one_error(tmp_path, built):
     lines = [line for line in err.splitlines() if line.startswith("harness: error:")]
     assert len(lines) == 1 and "died (exit -9) before finishing its cases" in lines[0], err
     assert wait_until(lambda: not qemus_for(str(out)), 20), qemus_for(str(out))
+
+
+def test_sigterm_ends_a_pytest_session_and_its_guests(tmp_path, built, detector):
+    """`make test` cancelled (SIGTERM to pytest) while a test's guest runs:
+    pytest stops there (exit 2, interrupted), with no QEMU left and no
+    further test started; not one failed test and on to the next."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_soak.py",
+                             "--detectors", detector, "--harness-out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert wait_until(lambda: qemus_for(str(out)), 120), "QEMU never started"
+        first = set(qemus_for(str(out)))
+        proc.send_signal(signal.SIGTERM)
+        text, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, text[-2000:]
+    assert "SIGTERM: the session ends" in text, text[-2000:]
+    assert wait_until(lambda: not qemus_for(str(out)), 20), qemus_for(str(out))
+    # Only the guest that ran when the signal came was ever started.
+    assert len(list(out.glob("guests/*"))) <= len(first), sorted(out.glob("guests/*"))

@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from harness import contract_scenarios as cs
 from harness import matrix
 from harness.errors import HarnessError
 from harness.paths import REPO
@@ -100,6 +101,45 @@ def test_bad_files(tmp_path, text, needle):
     with pytest.raises(HarnessError) as e:
         matrix.load(f)
     assert needle in str(e.value)
+
+
+GROUP = "[[group]]\ndetector = 'hpet'\nscenarios = ['boundary-sweep', 'soak']\n"
+
+
+@pytest.mark.parametrize("table, needle", [
+    ("[scenario_args.boundary-sweep]\nper_length = 0\n", "per_length = 0: must be more than 0"),
+    ("[scenario_args.boundary-sweep]\nper_length = 2.5\n", "expected a whole number"),
+    ("[scenario_args.boundary-sweep]\nper_length = 'few'\n", "expected a whole number"),
+    ("[scenario_args.boundary-sweep]\nsections = 4\n",
+     "scenario 'boundary-sweep' has no parameter 'sections'; known: per_length"),
+    ("[scenario_args.idle]\nperiods = 2\n", "scenario 'idle' has no parameter 'periods'"),
+    ("[scenario_args.sweep]\nper_length = 4\n", "unknown scenario 'sweep'"),
+    ("scenario_args = 4\n", "scenario_args must be a table"),
+])
+def test_bad_scenario_args_name_what_is_wrong(tmp_path, table, needle):
+    f = tmp_path / "m.toml"
+    f.write_text(table + GROUP)
+    with pytest.raises(HarnessError) as e:
+        matrix.scenario_args(f)
+    assert str(e.value).startswith(f"{f}: ") and needle in str(e.value)
+
+
+def test_scenario_args_reach_the_reproduce_line(tmp_path):
+    f = tmp_path / "m.toml"
+    f.write_text("[scenario_args.boundary-sweep]\nper_length = 3\n"
+                 "[scenario_args.soak]\nseconds = 30\n" + GROUP)
+    got = matrix.scenario_args(f)
+    assert got == {"boundary-sweep": {"per_length": 3}, "soak": {"seconds": 30}}
+    sweep = next(c for c in matrix.load(f) if c.scenario == "boundary-sweep")
+    assert sweep.reproduce(got["boundary-sweep"]).endswith(
+        "--scenario boundary-sweep --scenario-arg boundary-sweep.per_length=3")
+    assert "--scenario-arg" not in sweep.reproduce()
+
+
+def test_the_smoke_sweep_is_shorter_than_the_nightly_one():
+    smoke = matrix.scenario_args(REPO / "matrix" / "smoke.toml")
+    assert smoke["boundary-sweep"]["per_length"] < cs.SWEEP_PER_LENGTH
+    assert matrix.scenario_args(REPO / "matrix" / "nightly.toml") == {}
 
 
 def test_select_filters_combine():

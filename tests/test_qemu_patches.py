@@ -47,17 +47,6 @@ def _guest(spec, built, qemu_bin, tmp_path, name) -> Guest:
     return Guest(spec, kernel.bzimage, initrd, tmp_path / name, "tcg", qemu=qemu_bin)
 
 
-def _scenario_on(spec, built, qemu_bin, tmp_path, scenario, *console_has):
-    """Boot `spec`, wait until the HPET detector is enabled and the console
-    has each of `console_has`, then run scenario(guest, "hpet")."""
-    with _guest(spec, built, qemu_bin, tmp_path, scenario.__name__) as g:
-        g.wait_booted(60)
-        assert _wait_console(g, ENABLED, 20), g.console.tail()
-        for pattern in console_has:
-            assert _wait_console(g, pattern, 1), g.console.tail()
-        return scenario(g, "hpet")
-
-
 def _wait_console(g: Guest, pattern: str, seconds: float) -> re.Match | None:
     found = []
 
@@ -297,45 +286,3 @@ def test_cli_check_of_stock_qemu_says_what_it_lacks_in_one_line():
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "too old" in res.stderr, res.stderr
     assert all(f"no  {f}:" in res.stdout for f in qb.FEATURES), res.stdout
-
-
-# -- the detector against the hardware comparator rule (series patch 9) ---------
-
-@pytest.mark.kernel
-def test_detector_comes_back_when_a_past_comparator_stays_quiet(built, qemu_bin,
-                                                                qemu_features, tmp_path):
-    """The handling CPU spends 2.5 x watchdog_thresh in NMI context. Its
-    next comparator value is then behind the counter: QEMU 7.2 fires it at
-    once, so the detector recovers whatever it does; with the hardware's
-    rule (hpet.strict-comparator=on) it never fires, and only the series'
-    catch-up and process-context watch (patch 9) bring the expiries back.
-    Without that patch this case fails: 'the detector did not come back'."""
-    from harness import contract_scenarios
-    if "strict-comparator" not in qemu_features:
-        pytest.fail(f"{qemu_bin} has no hpet.strict-comparator")
-    spec = MachineSpec(hpet_msi=True, hpet_timers=8, nmi_watchdog="hpet", cpus=4,
-                       hpet_strict_comparator=True)
-    r = _scenario_on(spec, built, qemu_bin, tmp_path, contract_scenarios.nmi_stall)
-    assert r.passed, r.reason
-
-
-@pytest.mark.kernel
-def test_detector_comes_back_after_suspend_with_the_hpet_behind_the_iommu(
-        built, qemu_bin, qemu_features, tmp_path):
-    """S3 with the HPET behind intel-iommu (interrupt remapping, xAPIC).
-    QEMU resets its devices on wakeup, and with qemu/patches 0007 the
-    HPET's FSB route registers too, as hardware loses them in S3;
-    rerouting the MSI does not rewrite them with remapping (the message
-    points at the IRTE and does not change). Without the series'
-    hpet_nmi_channel_resume() on resume (patch 11) no expiry comes again
-    and this case fails; QEMU 7.2 (route kept, HPET bypassing the IOMMU)
-    cannot show it."""
-    from harness import platform_scenarios
-    if "hpet-route-reset" not in qemu_features:
-        pytest.fail(f"{qemu_bin} keeps the HPET's FSB routes across a reset")
-    spec = MachineSpec(hpet_msi=True, hpet_timers=8, nmi_watchdog="hpet", cpus=2,
-                       iommu=True)
-    # DMAR_HPET: the HPET is behind the IOMMU, its messages are remapped
-    r = _scenario_on(spec, built, qemu_bin, tmp_path, platform_scenarios.suspend_resume,
-                     DMAR_HPET)
-    assert r.passed, r.reason

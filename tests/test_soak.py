@@ -35,7 +35,7 @@ def test_soak_counts_a_lockup_during_its_window(pool, guest, detector):
 
 
 def test_a_quiet_soak_ends_with_a_reported_lockup(pool, guest, detector):
-    result = scenarios.soak(guest, detector, 10)
+    result = scenarios.soak(guest, detector, 6)
     assert result.passed, result
     assert result.measurements["false_positives"] == 0
     assert result.measurements["canary"]["passed"], result
@@ -45,7 +45,7 @@ def test_a_quiet_soak_ends_with_a_reported_lockup(pool, guest, detector):
 
 def test_a_detector_switched_off_during_the_soak_fails_it(pool, guest, detector):
     _later(guest, 2, "echo 0 > /proc/sys/kernel/nmi_watchdog")
-    result = scenarios.soak(guest, detector, 12)
+    result = scenarios.soak(guest, detector, 7)
     assert not result.passed, result
     assert result.measurements["false_positives"] == 0, result
     assert "did not stay armed" in result.reason or "after the soak" in result.reason, result

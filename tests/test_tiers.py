@@ -44,6 +44,24 @@ SMOKE_LEAVES_OUT = {
     # The buddy detector's kdump is the control of the crash path alone (it
     # has no HPET channel to leave behind); the HPET detector's is in smoke.
     ("detector+family", "buddy", "kdump"),
+    # The buddy detector is upstream's, the control here: smoke keeps its
+    # hard, soft and all-CPU lockups; the kernel's test_lockup module on
+    # it and a lockup of all CPUs but one (14 s a case) are nightly's.
+    ("detector+family", "buddy", "all-but-one-locked"),
+    ("detector+family", "buddy", "hard-lockup-test_lockup"),
+    ("detector+family", "buddy", "soft-lockup-test_lockup"),
+    # ... and its unknown-NMI and machine-stall controls (no NMI of its
+    # own to mistake) and the LKDTM lockups on it (LKDTM's, not a
+    # detector of ours, on trial); the HPET detector's are in smoke.
+    ("detector+family", "buddy", "unknown-nmi"),
+    ("detector+family", "buddy", "machine-stalls"),
+    ("detector+family", "buddy", "lkdtm-hardlockup"),
+    ("detector+family", "buddy", "lkdtm-softlockup"),
+    ("detector+family", "buddy", "lkdtm-spinlockup"),
+    ("detector+family", "buddy", "lkdtm-hung-task"),
+    # The perf detector's kernel is the HPET detector's, and soft lockups
+    # are the softlockup detector's, which that kernel shows in smoke.
+    ("detector+family", "perf", "soft-lockup"),
     # The debug flavour of the HPET kernel (lockdep, DEBUG_ATOMIC_SLEEP,
     # DEBUG_PREEMPT): a third kernel build, and its guests are slower; the
     # same scenarios run on the plain kernels in smoke.
