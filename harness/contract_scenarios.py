@@ -24,7 +24,6 @@ import signal
 import time
 
 from harness import detectors, expectations, inject_log, verdicts
-from harness.console_events import describe
 from harness.errors import HarnessError
 from harness.detector_scenarios import HLD_DEBUGFS, observe
 from harness.qemu import Guest
@@ -255,23 +254,33 @@ def came_back(guest: Guest, name: str, m: dict, steps: list[str], start: int,
     """After a disturbance: watch 3 x watchdog_thresh for false reports, in
     which the HPET detector's expiries must come back (its watch restarts
     a silent channel within 2 x thresh). A failing Result, or None."""
-    label = guest.spec.label()
+    v = watch_after(guest, m, steps, start, expiries_before, excused)
+    if not v.passed:
+        return Result(name, guest.spec.label(), False, v.reason, m)
+    steps[:] = [v.reason]
+    return None
+
+
+def watch_after(guest: Guest, m: dict, steps: list[str], start: int,
+                expiries_before: int | None, excused=lambda e: False,
+                during: list | None = None) -> verdicts.Verdict:
+    """Watch 3 x watchdog_thresh after a disturbance, record what came
+    (in `m`: the window, the expiries wanted and counted, the counters)
+    and judge it (verdicts.came_back), with `during`, the events of the
+    disturbance itself."""
     thresh = guest.spec.watchdog_thresh
     bad = [e for e in observe(guest, 3 * thresh, LOCKUP_KINDS + BAD_KINDS) if not excused(e)]
     check_tsc_stable(guest, start)
     after = expiries(guest)
     m.update(counters(guest))
-    if bad:
-        return Result(name, label, False, "; ".join(steps) + "; then: " + describe(bad), m)
+    got = None
     if expiries_before is not None:
-        m["expiries_after"] = (after or 0) - expiries_before
-        want = 3 * thresh * expectations.hpet_nmi_rate(thresh) / 2
-        if after is None or after - expiries_before < want:
-            return Result(name, label, False, "; ".join(steps) + f"; then only "
-                          f"{m['expiries_after']} expiries in {3 * thresh} s, want "
-                          f"{want:.0f}: the detector did not come back", m)
-        steps.append(f"{m['expiries_after']} expiries in {3 * thresh} s")
-    return None
+        got = (after or 0) - expiries_before
+    m.update(window_s=3 * thresh, said=list(steps),
+             expiries_wanted=3 * thresh * expectations.hpet_nmi_rate(thresh) / 2)
+    v = verdicts.came_back(steps, during or [], bad, got, m["expiries_wanted"], 3 * thresh)
+    m.update(v.measurements)
+    return v
 
 
 def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[str],
@@ -367,13 +376,9 @@ def machine_stalls(guest: Guest, detector: str) -> Result:
     steps = [f"{stalls} stalls of {stall_s * 1000:.0f} ms every "
              f"{(stall_s + run_s) * 1000:.0f} ms"]
     during = since(guest, start, LOCKUP_KINDS + BAD_KINDS)
-    if during:
-        m.update(counters(guest))
-        return Result(name, guest.spec.label(), False,
-                      steps[0] + "; during them: " + describe(during), m)
     # Reporting after a disturbance is vm-pause's and nmi-stall's to show.
-    return came_back(guest, name, m, steps, start, expiries(guest)) or \
-        Result(name, guest.spec.label(), True, "; ".join(steps), m)
+    v = watch_after(guest, m, steps, start, expiries(guest), during=during)
+    return Result(name, guest.spec.label(), v.passed, v.reason, m)
 
 
 def vm_pause(guest: Guest, detector: str) -> Result:
