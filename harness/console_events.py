@@ -46,6 +46,7 @@ class EventKind(StrEnum):
     BOOT_COMPLETE = "boot_complete"
     DETECTOR_ENABLED = "detector_enabled"
     DETECTOR_DISABLED = "detector_disabled"
+    DETECTOR_RESTARTED = "detector_restarted"
     LOCKUP_INJECTED = "lockup_injected"
     LOCKUP_RELEASED = "lockup_released"
 
@@ -253,6 +254,11 @@ _RULES = [
     ("detector_disabled",
      r"hpet_hld: (?P<how>disabled|not used)\b:? ?(?P<reason>.*)",
      None, "HPET hardlockup detector {how}: {reason}"),
+    # Its watch, once per watchdog_thresh, about the handling CPU (cpu).
+    ("detector_restarted",
+     r"hpet_hld: no NMI from channel (?P<ch>\d+) on CPU (?P<cpu>\d+) for (?P<s>\d+) s: "
+     r"restarting it",
+     "cpu", "HPET channel {ch} silent on cpu {cpu} for {s} s: restarted"),
     # Our guest/modules/lockup_inject module.
     ("lockup_injected",
      r"lockup_inject: cpu (?P<cpu>\d+): (?P<mode>\S+) lockup for (?P<ms>\d+) ms",

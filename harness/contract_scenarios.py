@@ -14,8 +14,10 @@
 
 The injections here are quiet: nothing is printed on a locked CPU, as that
 would touch its watchdog (see guest/modules/lockup_inject). Each scenario
-acts and records; harness.verdicts judges what was recorded.
+acts and records; harness.verdicts and harness.disturbance_verdicts judge
+what was recorded.
 """
+import dataclasses
 import os
 import random
 import re
@@ -24,11 +26,13 @@ import signal
 import time
 
 from harness import detectors, expectations, inject_log, verdicts
+from harness import disturbance_verdicts as dvd
 from harness.errors import HarnessError
-from harness.detector_scenarios import HLD_DEBUGFS, observe
+from harness.detector_scenarios import HLD_DEBUGFS
 from harness.qemu import Guest
-from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, mark, since,
-                               wait_event)
+from harness.lockup_verdicts import Lockup
+from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, events_upto, hard_lockup,
+                               judged, mark, since, wait_event)
 
 INJECT_DIR = "/sys/kernel/debug/lockup_inject"
 # In units of watchdog_thresh: below the hard lockup definition, and beyond.
@@ -215,7 +219,7 @@ def unknown_nmis(guest: Guest, detector: str, per_cpu: int = 3, qmp: int = 3) ->
 def unknown_nmi_panic(guest: Guest, detector: str) -> Result:
     """kernel.unknown_nmi_panic=1, then one NMI to the handling CPU at a
     random moment: the machine must panic. The guest is retired."""
-    name, label = "unknown-nmi-panic", guest.spec.label()
+    name = "unknown-nmi-panic"
     try:
         cpu = handling_cpu(guest, detector)
         guest.check("echo 1 > /proc/sys/kernel/unknown_nmi_panic")
@@ -228,9 +232,10 @@ def unknown_nmi_panic(guest: Guest, detector: str) -> Result:
         if panic is None and guest.alive():
             sent = next((r for r in inject_log.after(_records(guest), seq0)
                          if isinstance(r, inject_log.NmiSent)), None)
-        v = verdicts.unknown_nmi_panic(sent, [panic] if panic else [], guest.alive())
-        m = {**v.measurements, "cpu": cpu}
-        return Result(name, label, v.passed, v.reason, m)
+        obs = dvd.NmiPanic(start=start, end=mark(guest), cpu=cpu, delay_us=delay,
+                           sent_at=sent.time if sent else None, alive=guest.alive())
+        return judged(name, guest, dvd.nmi_panic(obs, events_upto(guest, start, obs.end)),
+                      obs)
     finally:
         guest.stop()     # panicked, or must not be trusted with unknown_nmi_panic=1
 
@@ -249,50 +254,53 @@ def counters(guest: Guest) -> dict:
             if v.isdigit()}
 
 
-def came_back(guest: Guest, name: str, m: dict, steps: list[str], start: int,
-              expiries_before: int | None, excused=lambda e: False) -> Result | None:
-    """After a disturbance: watch 3 x watchdog_thresh for false reports, in
-    which the HPET detector's expiries must come back (its watch restarts
-    a silent channel within 2 x thresh). A failing Result, or None."""
-    v = watch_after(guest, m, steps, start, expiries_before, excused)
-    if not v.passed:
-        return Result(name, guest.spec.label(), False, v.reason, m)
-    steps[:] = [v.reason]
-    return None
-
-
-def watch_after(guest: Guest, m: dict, steps: list[str], start: int,
-                expiries_before: int | None, excused=lambda e: False,
-                during: list | None = None) -> verdicts.Verdict:
-    """Watch 3 x watchdog_thresh after a disturbance, record what came
-    (in `m`: the window, the expiries wanted and counted, the counters)
-    and judge it (verdicts.came_back), with `during`, the events of the
-    disturbance itself."""
+def watch(guest: Guest, start: int, said: list[str], expiries_before: int | None,
+          extra: dict | None = None, **rules) -> dvd.Disturbed:
+    """After a disturbance that began after console line `start`: watch
+    3 x watchdog_thresh (to its end, or to the first report or bad event
+    not excused), in which the HPET detector's expiries must come back (its
+    watch restarts a silent channel within 2 x thresh). What it saw, for
+    harness.disturbance_verdicts; `extra` gets the detector's counters,
+    `rules` what else it judges (dvd.Disturbed's excused_* and restart_*)."""
     thresh = guest.spec.watchdog_thresh
-    bad = [e for e in observe(guest, 3 * thresh, LOCKUP_KINDS + BAD_KINDS) if not excused(e)]
+    obs = dvd.Disturbed(start=start, watch=mark(guest), end=0, said=list(said),
+                        window_s=3 * thresh, expiries=None,
+                        expiries_wanted=3 * thresh * expectations.hpet_nmi_rate(thresh) / 2,
+                        **rules)
+
+    def bad() -> bool:
+        return any(not dvd.excused(obs, e)
+                   for e in since(guest, obs.watch, LOCKUP_KINDS + BAD_KINDS))
+    guest.console.wait_until(bad, time.monotonic() + 3 * thresh, guest.alive)
     check_tsc_stable(guest, start)
     after = expiries(guest)
-    m.update(counters(guest))
-    got = None
-    if expiries_before is not None:
-        got = (after or 0) - expiries_before
-    m.update(window_s=3 * thresh, said=list(steps),
-             expiries_wanted=3 * thresh * expectations.hpet_nmi_rate(thresh) / 2)
-    v = verdicts.came_back(steps, during or [], bad, got, m["expiries_wanted"], 3 * thresh)
-    m.update(v.measurements)
-    return v
+    if extra is not None:
+        extra.update(counters(guest))
+    got = None if expiries_before is None else (after or 0) - expiries_before
+    return dataclasses.replace(obs, end=mark(guest), expiries=got)
 
 
-def _still_detects(guest: Guest, detector: str, name: str, m: dict, steps: list[str],
-                   start: int, expiries_before: int | None, excused=lambda e: False) -> Result:
-    """came_back(), then a real hard lockup is still reported in time."""
-    failed = came_back(guest, name, m, steps, start, expiries_before, excused)
-    if failed:
-        return failed
+def judge_disturbed(name: str, guest: Guest, detector: str, obs: dvd.Disturbed,
+                    **extra) -> Result:
+    end = max(o.end for o in (obs, obs.then_lockup, obs.then_many) if o is not None)
+    v = dvd.disturbed(obs, events_upto(guest, obs.start, end), guest.spec,
+                      detectors.get(detector))
+    return judged(name, guest, v, obs, **extra)
+
+
+def came_back(guest: Guest, obs: dvd.Disturbed) -> bool:
+    """Whether the watch after the disturbance passed, so far."""
+    return dvd.came_back(obs, events_upto(guest, obs.start, obs.end)).passed
+
+
+def then_hard_lockup(guest: Guest, detector: str, obs: dvd.Disturbed) -> dvd.Disturbed:
+    """If the machine came back: a real hard lockup on the last CPU, which
+    must still be reported in time."""
+    if not came_back(guest, obs):
+        return obs
     r = hard_lockup(guest, detector, guest.spec.cpus - 1)
-    steps.append(f"then {r.reason}")
-    m["lockup_after"] = r.measurements
-    return Result(name, guest.spec.label(), r.passed, "; ".join(steps), m)
+    return dataclasses.replace(
+        obs, then_lockup=Lockup.from_dict(r.measurements["observation"]))
 
 
 def nmi_stall(guest: Guest, detector: str) -> Result:
@@ -310,17 +318,20 @@ def nmi_stall(guest: Guest, detector: str) -> Result:
     _flush_console(guest)
     stall = next(r for r in inject_log.after(_records(guest), seq0)
                  if isinstance(r, inject_log.Lockup) and r.mode == "nmistall")
+    said = [f"cpu {cpu} stuck in NMI context for {stall.seconds:.1f} s"]
+    # A CPU stuck in NMI context for longer than watchdog_thresh is a hard
+    # lockup, which the HPET detector sees only at the CPU's first NMI
+    # after it (it checks a CPU from the CPU's own NMI), and for longer
+    # than 2 x thresh a soft lockup, which its hrtimer reports once it
+    # runs again. Those reports may come a sample after the stall: excused.
+    # The HPET detector's watch, from another CPU, must restart the silent
+    # channel within 2 x thresh, so during the stall.
     m: dict = {"cpu": cpu, "stall_ms": ms}
-    steps = [f"cpu {cpu} stuck in NMI context for {stall.seconds:.1f} s"]
-    # The stall itself is not judged: a CPU stuck in NMI context for longer
-    # than watchdog_thresh is a hard lockup, which the HPET detector sees
-    # only at the CPU's first NMI after it (it checks a CPU from the CPU's
-    # own NMI). That report may come a sample after the stall: excused.
-    late_ok = stall.end + 2 * thresh / 5 + 0.5
-    m["during"] = [e.title for e in since(guest, start, LOCKUP_KINDS)]
-    return _still_detects(guest, detector, name, m, steps, start, before,
-                          excused=lambda e: e.kind == "hard_lockup" and e.cpu == cpu
-                          and e.time is not None and e.time <= late_ok)
+    restart = {} if before is None or guest.spec.cpus < 2 else {
+        "restart_cpu": cpu, "restart_after": stall.start, "restart_by": stall.end}
+    obs = watch(guest, start, said, before, extra=m, excused_cpu=cpu,
+                excused_until=stall.end + 2 * thresh / 5 + 0.5, **restart)
+    return judge_disturbed(name, guest, detector, then_hard_lockup(guest, detector, obs), **m)
 
 
 # machine-stalls: the machine frozen for STALL of every STALL + RUN, in
@@ -372,13 +383,12 @@ def machine_stalls(guest: Guest, detector: str) -> Result:
     _flush_console(guest)
     m: dict = {"stalls": stalls, "stall_ms": round(stall_s * 1000),
                "run_ms": round(run_s * 1000), "cycles": CYCLES}
-    steps = [f"{stalls} stalls of {stall_s * 1000:.0f} ms every "
-             f"{(stall_s + run_s) * 1000:.0f} ms"]
-    during = since(guest, start, LOCKUP_KINDS + BAD_KINDS)
+    said = [f"{stalls} stalls of {stall_s * 1000:.0f} ms every "
+            f"{(stall_s + run_s) * 1000:.0f} ms"]
     # Reporting after a disturbance is vm-pause's and nmi-stall's to show.
-    # watch_after checks the TSC from `start`, the stalls included.
-    v = watch_after(guest, m, steps, start, expiries(guest), during=during)
-    return Result(name, guest.spec.label(), v.passed, v.reason, m)
+    # watch() checks the TSC from `start`, the stalls included.
+    obs = watch(guest, start, said, expiries(guest), extra=m)
+    return judge_disturbed(name, guest, detector, obs, **m)
 
 
 def vm_pause(guest: Guest, detector: str) -> Result:
@@ -393,6 +403,5 @@ def vm_pause(guest: Guest, detector: str) -> Result:
     time.sleep(3 * thresh)
     guest.qmp.cmd("cont")
     m: dict = {"paused_s": 3 * thresh}
-    steps = [f"paused {3 * thresh} s"]
-    return _still_detects(guest, detector, name, m, steps, start, before)
-
+    obs = watch(guest, start, [f"paused {3 * thresh} s"], before, extra=m)
+    return judge_disturbed(name, guest, detector, then_hard_lockup(guest, detector, obs), **m)

@@ -16,15 +16,18 @@ touch, suspend and resume, and the other users of HPET channels.
 - irte-retarget: with the HPET behind the IOMMU, the channel's IRTE follows
   the handling CPU when it leaves watchdog_cpumask or goes offline.
 
-Each scenario acts and records; harness.verdicts judges what was recorded.
+Each scenario acts and records; harness.verdicts (suspend-resume:
+harness.disturbance_verdicts) judges what was recorded.
 """
+import dataclasses
 import re
 import time
 
 from harness import detectors, expectations, irte, verdicts
-from harness.contract_scenarios import came_back, check_tsc_stable, expiries, handling_cpu
+from harness.contract_scenarios import (came_back, check_tsc_stable, expiries, handling_cpu,
+                                        judge_disturbed, watch)
 from harness.detector_scenarios import HLD_DEBUGFS, cpulist, many_locked, observe
-from harness.detector_verdicts import REMAP_ON
+from harness.detector_verdicts import REMAP_ON, ManyLocked
 from harness.errors import HarnessError
 from harness.qemu import Guest
 from harness.scenarios import (BAD_KINDS, LOCKUP_KINDS, Result, hard_lockup, inject_command, mark,
@@ -147,21 +150,18 @@ def suspend_resume(guest: Guest, detector: str) -> Result:
             lambda: guest.qmp.cmd("query-status").get("status") == "suspended",
             deadline, guest.alive):
         raise guest.failure("the guest did not suspend (QMP status never 'suspended')")
-    steps = ["suspended"]
     guest.qmp.cmd("system_wakeup")
     if not guest.console.wait_until(lambda: "PM: suspend exit" in guest.console.text[offset:],
                                     time.monotonic() + 60 * guest.scale, guest.alive):
         raise guest.failure("no 'PM: suspend exit' after system_wakeup")
     guest.check("true", timeout=60)          # the agent answers again
-    steps.append("woke up")
     m: dict = {}
-    failed = came_back(guest, name, m, steps, start, expiries(guest))
-    if failed:
-        return failed
-    r = many_locked(guest, detector, list(range(guest.spec.cpus)))
-    steps.append(r.reason)
-    m["lockups"] = r.measurements
-    return Result(name, label, r.passed, "; ".join(steps), m)
+    obs = watch(guest, start, ["suspended", "woke up"], expiries(guest), extra=m)
+    if came_back(guest, obs):
+        r = many_locked(guest, detector, list(range(guest.spec.cpus)))
+        obs = dataclasses.replace(obs, then_many=ManyLocked.from_dict(
+            r.measurements["observation"]))
+    return judge_disturbed(name, guest, detector, obs, **m)
 
 
 HPET_USER_IRQS = 64

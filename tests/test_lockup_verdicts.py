@@ -1,7 +1,8 @@
-"""The lockup and detector verdicts (harness/lockup_verdicts.py,
-harness/detector_verdicts.py) on what real guests printed, and rule by rule.
+"""The lockup, detector and disturbance verdicts (harness/lockup_verdicts.py,
+harness/detector_verdicts.py, harness/disturbance_verdicts.py) on what
+real guests printed, and rule by rule.
 
-Each directory under tests/logs/lockup/ and tests/logs/detector/ is one case
+Each directory under tests/logs/lockup/, detector/ and disturbance/ is one case
 of a real run of the HPET detector's kernel, kept by tests/logs/capture.py:
 console.log (the console lines the scenario's observation covers),
 record.json (its measurements, with the observation) and expect.json (the
@@ -17,15 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from harness import console_events, detectors
+from harness import catalog, console_events, detectors
 from harness import detector_verdicts as dv
+from harness import disturbance_verdicts as dvd
 from harness import lockup_verdicts as lv
 from harness.console_events import Event
 from harness.machine import MachineSpec
 
 LOGS = Path(__file__).parent / "logs"
-CASES = sorted(p for kind in ("lockup", "detector") for p in (LOGS / kind).iterdir()
-               if p.is_dir())
+KINDS = ("lockup", "detector", "disturbance")
+CASES = sorted(p for kind in KINDS for p in (LOGS / kind).iterdir() if p.is_dir())
 
 LOCKUPS = ("hard-lockup", "soft-lockup", "hard-lockup-test_lockup", "soft-lockup-test_lockup",
            "lkdtm-hardlockup", "lkdtm-softlockup", "lkdtm-spinlockup", "lkdtm-hung-task",
@@ -34,6 +36,7 @@ LOCKUP_FAMILY = LOCKUPS + ("boot", "idle", "soak")
 DETECTOR_FAMILY = ("enabled", "all-locked", "all-but-one-locked", "cpumask-excluded",
                    "sysrq-backtrace", "declines", "irq-path", "runtime-changes",
                    "handling-cpu-hotplug")
+DISTURBANCES = ("machine-stalls", "vm-pause", "nmi-stall", "suspend-resume")
 
 # scenario -> judge(observation dict, events, console text, spec, detector)
 JUDGES = {
@@ -55,7 +58,20 @@ JUDGES = {
                                                            spec),
     **{s: lambda o, ev, text, spec, det: dv.steps(dv.Steps.from_dict(o), ev, spec, det)
        for s in ("runtime-changes", "handling-cpu-hotplug")},
+    **{s: lambda o, ev, text, spec, det: dvd.disturbed(dvd.Disturbed.from_dict(o), ev, spec,
+                                                       det)
+       for s in DISTURBANCES},
+    "unknown-nmi-panic": lambda o, ev, text, spec, det: dvd.nmi_panic(
+        dvd.NmiPanic.from_dict(o), ev),
 }
+# Scenarios whose captured cases are judged by another test file:
+# tests/test_verdicts.py (contract/, platform/) and, for the debug
+# kernel's reports, tests/test_debug_checks.py (a whole guest console).
+JUDGED_ELSEWHERE = {"boundary-sweep": "contract", "unknown-nmi": "contract",
+                    "untouched-cpus": "platform", "unbooted-cpus": "platform",
+                    "hpet-users": "platform", "kdump": "platform",
+                    "irte-retarget": "platform",
+                    "canary-debug-report": "guest-hpet-debug-2cpu-canary-debug-report.log"}
 
 
 def replay(case: Path):
@@ -74,6 +90,26 @@ def replay(case: Path):
 
 def _json(value):
     return json.loads(json.dumps(value))
+
+
+def test_every_scenario_of_the_catalog_has_a_captured_hpet_case():
+    """A scenario added without a real HPET run kept here fails this."""
+    captured = {}
+    for expect in LOGS.glob("*/*/expect.json"):
+        e = json.loads(expect.read_text())
+        if e["detector"] == "hpet":
+            captured.setdefault(e["scenario"], set()).add(expect.parent.parent.name)
+    missing = []
+    for scenario in catalog.SCENARIOS:
+        where = JUDGED_ELSEWHERE.get(scenario)
+        if where is None:
+            ok = scenario in JUDGES and bool(captured.get(scenario, set()) & set(KINDS))
+        elif where.endswith(".log"):
+            ok = (LOGS / where).is_file()
+        else:
+            ok = where in captured.get(scenario, set())
+        missing += [] if ok else [scenario]
+    assert not missing
 
 
 def test_every_family_has_hpet_cases_from_real_runs_with_both_verdicts():
@@ -245,8 +281,9 @@ def _case(name: str):
     expect = json.loads((case / "expect.json").read_text())
     text = (case / "console.log").read_text()
     spec = MachineSpec(**dict(expect["spec"], cmdline_extra=tuple(expect["spec"]["cmdline_extra"])))
-    return (json.loads((case / "record.json").read_text())["observation"],
-            console_events.parse_text(text), text, spec)
+    events = [dataclasses.replace(e, line=e.line + expect["start"])
+              for e in console_events.parse_text(text)]
+    return json.loads((case / "record.json").read_text())["observation"], events, text, spec
 
 
 def test_a_blocked_channel_must_fault_give_up_and_say_so_in_nmi_watchdog():
@@ -278,3 +315,96 @@ def test_an_enabled_channel_must_be_on_its_chip_and_take_nmis():
     assert not v.passed and "expected HPET-MSI" in v.reason
     v = dv.irq_path(dv.IrqPath.from_dict({**obs, "nmis": [40, 40]}), events, text, spec)
     assert not v.passed and v.reason.startswith("no NMI from channel 2")
+
+
+def disturbed(**kw):
+    return dvd.Disturbed(**{"start": 10, "watch": 50, "end": 90, "said": ["stalled"],
+                            "window_s": 6, "expiries": 20, "expiries_wanted": 15, **kw})
+
+
+def test_a_disturbance_fails_on_a_report_during_or_after_it_or_a_detector_not_back():
+    assert dvd.disturbed(disturbed(), [], SPEC4, HPET).reason == \
+        "stalled; 20 expiries in 6 s"
+    v = dvd.disturbed(disturbed(), [ev("unknown_nmi", 12.0, 0, 30)], SPEC4, HPET)
+    assert not v.passed and v.reason.startswith("stalled; during them: "), v.reason
+    v = dvd.disturbed(disturbed(), [ev("soft_lockup", 20.0, 2, 60)], SPEC4, HPET)
+    assert not v.passed and v.reason.startswith("stalled; then: "), v.reason
+    # before its start or after its end: not this disturbance's
+    assert dvd.disturbed(disturbed(), [ev("hard_lockup", 1.0, 2, 10),
+                                       ev("oops", 30.0, 1, 91)], SPEC4, HPET).passed
+    v = dvd.disturbed(disturbed(expiries=14), [], SPEC4, HPET)
+    assert not v.passed and "the detector did not come back" in v.reason
+    # a detector without expiries to count (buddy): only reports fail it
+    assert dvd.disturbed(disturbed(expiries=None), [], SPEC4, HPET).passed
+
+
+def test_only_the_stalled_cpus_own_report_in_time_is_excused():
+    obs = disturbed(excused_cpu=0, excused_until=30.0)
+    for own in (ev("hard_lockup", 29.5, 0, 52), ev("soft_lockup", 29.9, 0, 12)):
+        assert dvd.disturbed(obs, [own], SPEC4, HPET).passed
+    for late_or_other in (ev("hard_lockup", 30.5, 0, 52), ev("hard_lockup", 29.5, 1, 52),
+                          ev("soft_lockup", 30.1, 0, 12), ev("unknown_nmi", 29.5, 0, 52)):
+        assert not dvd.disturbed(obs, [late_or_other], SPEC4, HPET).passed, late_or_other
+
+
+def test_the_watch_must_restart_the_stalled_cpus_channel_while_it_is_stalled():
+    obs = disturbed(restart_cpu=1, restart_after=20.0, restart_by=25.0)
+    restarted = ev("detector_restarted", 24.0, 1, 30)
+    v = dvd.disturbed(obs, [restarted], SPEC4, HPET)
+    assert v.passed and v.measurements["restarted_after_s"] == 4.0
+    assert v.reason.endswith("; the watch restarted the channel of cpu 1 after 4.00 s")
+    for late_or_other in (dataclasses.replace(restarted, time=25.5),
+                          dataclasses.replace(restarted, cpu=2),
+                          dataclasses.replace(restarted, line=95)):
+        v = dvd.disturbed(obs, [late_or_other], SPEC4, HPET)
+        assert not v.passed and v.reason == "stalled; the watch did not restart the " \
+                                            "channel of cpu 1 within 5.0 s", v.reason
+    assert dvd.disturbed(disturbed(), [], SPEC4, HPET).passed     # not asked for
+
+
+def test_the_lockup_after_a_disturbance_is_judged_as_its_own_scenario_judges_it():
+    obs = disturbed(then_lockup=locked(start=95, end=140))
+    v = dvd.disturbed(obs, [ev("hard_lockup", 52.9, 3, 100)], SPEC4, HPET)
+    assert v.passed and v.reason == "stalled; 20 expiries in 6 s; then cpu 3 reported " \
+                                    "after 2.90 s", v.reason
+    assert v.measurements["lockup_after"]["latency_s"] == 2.9
+    v = dvd.disturbed(obs, [], SPEC4, HPET)
+    assert not v.passed and "then expected a hard_lockup report on cpu 3" in v.reason
+    many = dv.ManyLocked(95, 140, [0, 1], {0: 50.0, 1: 50.0}, 2)
+    reports = [ev("hard_lockup", 52.0, 0, 100), ev("hard_lockup", 52.5, 1, 101)]
+    assert dvd.disturbed(disturbed(then_many=many), reports, SPEC4, HPET).passed
+    assert not dvd.disturbed(disturbed(then_many=many), reports[:1], SPEC4, HPET).passed
+    assert dvd.Disturbed.from_dict(_json(obs.to_dict())) == obs
+
+
+def test_an_unknown_nmi_must_panic_for_that_reason():
+    obs = dvd.NmiPanic(start=10, end=40, cpu=0, delay_us=1000, sent_at=None, alive=False)
+    nmi = ev("panic", 12.0, 0, 20, "Kernel panic - not syncing: NMI: Not continuing")
+    v = dvd.nmi_panic(obs, [nmi])
+    assert v.passed and v.measurements == {"cpu": 0}
+    other = ev("panic", 12.0, 0, 20, "Kernel panic - not syncing: Hard LOCKUP")
+    assert "panicked for another reason" in dvd.nmi_panic(obs, [other, nmi]).reason
+    v = dvd.nmi_panic(dataclasses.replace(obs, alive=True, sent_at=11.0), [])
+    assert not v.passed and v.reason.endswith("the guest is still up")
+    assert not dvd.nmi_panic(obs, [dataclasses.replace(nmi, line=41)]).passed
+
+
+def test_real_machine_stalls_go_red_on_one_unknown_nmi_or_too_few_expiries():
+    """The green run of the fixed v3, with one fact changed at a time; the
+    earlier v3's red run is replayed with the others above."""
+    obs, events, text, spec = _case("hpet-4cpu-machine-stalls")
+    judge = lambda o, ev=events: dvd.disturbed(dvd.Disturbed.from_dict(o), ev, spec,  # noqa: E731
+                                               HPET)
+    assert judge(obs).passed
+    uhhuh = Event("unknown_nmi", 1.0, 1, "unknown NMI, reason 21", obs["start"] + 1,
+                  "Uhhuh. NMI received for unknown reason 21 on CPU 1.")
+    v = judge(obs, events + [uhhuh])
+    assert not v.passed and "during them: " in v.reason, v.reason
+    # the same line printed in the watch after the stalls
+    v = judge({**obs, "end": obs["end"] + 1},
+              events + [dataclasses.replace(uhhuh, line=obs["end"] + 1)])
+    assert not v.passed and "then: " in v.reason, v.reason
+    v = judge({**obs, "expiries": int(obs["expiries_wanted"]) - 1})
+    assert not v.passed and "the detector did not come back" in v.reason, v.reason
+    red = _case("hpet-4cpu-machine-stalls-earlier-v3")
+    assert "unknown NMI, reason 21" in judge(red[0], red[1]).reason

@@ -2,17 +2,19 @@
 
     .venv/bin/python tests/logs/capture.py KIND OUT/results.json CASE_ID NAME
 
-KIND: contract, platform, lockup or detector. Writes tests/logs/KIND/NAME/:
+KIND: contract, platform, lockup, detector or disturbance. Writes
+tests/logs/KIND/NAME/:
 console.log, expect.json (scenario, detector, watchdog_thresh, the kernel
 and machine, and the verdict the run gave), and what the scenario
 recorded: for contract cases inject.log (the lockup_inject records kept
 in the case's measurements), for the others record.json (the
 measurements). contract and platform: console.log is the case's console
-from its start, as the runner kept it. lockup and detector: the lines of
-the guest's whole console that the scenario's observation covers (from
-its first "start" line, 0 if it has none, to its last "end", nested ones
-included: a soak's canary, a sequence's steps); expect.json also has the machine spec, that start
-line and the events per kind parsed from those lines when kept.
+from its start, as the runner kept it. lockup, detector and disturbance:
+the lines of the guest's whole console that the scenario's observation
+covers (from its first "start" line, 0 if it has none, to its last "end",
+nested ones included: a soak's canary, a sequence's steps, the lockup
+made after a disturbance); expect.json also has the machine spec, that
+start line and the events per kind parsed from those lines when kept.
 tests/test_verdicts.py and tests/test_lockup_verdicts.py judge them again
 without QEMU.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from harness import console_events  # noqa: E402
 
-KINDS = ("contract", "platform", "lockup", "detector")
+KINDS = ("contract", "platform", "lockup", "detector", "disturbance")
 
 
 def bounds(obs, starts=None, ends=None) -> tuple[list[int], list[int]]:
@@ -67,7 +69,7 @@ def main(kind: str, results: str, case_id: str, name: str) -> int:
     if kind == "contract":
         (dest / "inject.log").write_text("\n".join(m["inject_log"]) + "\n")
         expect.update(qmp=m.get("qmp", 0), handling_cpu=m.get("handling_cpu"))
-    elif kind in ("lockup", "detector"):
+    elif kind in ("lockup", "detector", "disturbance"):
         # from the first "start" to the last "end" of the observation and
         # the ones nested in it (a soak's canary, a sequence's steps)
         starts, ends = bounds(m["observation"])
