@@ -282,6 +282,8 @@ def watch(guest: Guest, start: int, said: list[str], expiries_before: int | None
 
 def judge_disturbed(name: str, guest: Guest, detector: str, obs: dvd.Disturbed,
                     **extra) -> Result:
+    """The Result of a disturbance and the lockup made after it, judged on
+    the console from the disturbance's start to the lockup's end."""
     end = max(o.end for o in (obs, obs.then_lockup, obs.then_many) if o is not None)
     v = dvd.disturbed(obs, events_upto(guest, obs.start, end), guest.spec,
                       detectors.get(detector))
