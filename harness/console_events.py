@@ -36,6 +36,7 @@ class EventKind(StrEnum):
     LOCKDEP = "lockdep"
     INVALID_CONTEXT = "invalid_context"
     KASAN = "kasan"
+    KCSAN = "kcsan"
     OOPS = "oops"
     GPF = "gpf"
     BUG = "bug"
@@ -173,6 +174,12 @@ _RULES = [
     ("kasan",
      r"BUG: KASAN: (?P<what>.*)",
      CALLER, "KASAN: {what}"),
+    # kernel/kcsan/report.c print_report(): "BUG: KCSAN: %s in %ps / %ps"
+    # (both racing accesses seen) or "... in %pS" (one), %s "data-race" or
+    # "assert: race".
+    ("kcsan",
+     r"BUG: KCSAN: (?P<what>data-race|assert: race) in (?P<where>.*)",
+     CALLER, "KCSAN {what} in {where}"),
     # arch/x86/kernel/traps.c exc_double_fault(), before die("double fault"):
     # the oops that follows is typed by the Oops rule below. pr_fmt is
     # KBUILD_MODNAME ": ", i.e. "traps: " (older kernels print no prefix).

@@ -25,8 +25,9 @@ from harness.scenarios import Result
 
 # console_events kinds: lockdep (its reports, spinlock debugging, RCU
 # usage), invalid_context (atomic sleep, scheduling while atomic, per-CPU
-# access from preemptible code, preempt count leaks), kasan, warning.
-KINDS = ("lockdep", "invalid_context", "kasan", "warning")
+# access from preemptible code, preempt count leaks), kasan, kcsan (a data
+# race, on the kcsan flavour), warning.
+KINDS = ("lockdep", "invalid_context", "kasan", "kcsan", "warning")
 
 
 def reports(events) -> list[Event]:

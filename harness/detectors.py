@@ -90,7 +90,10 @@ class Flavour:
 # a report of theirs fails any case (harness/debug_checks.py).
 DEBUG = Flavour("debug", ("debug.config",),
                 "lockdep (PROVE_LOCKING, PROVE_RCU), DEBUG_ATOMIC_SLEEP, DEBUG_PREEMPT")
-FLAVOURS = {f.name: f for f in (DEBUG,)}
+# kcsan: the kernel concurrency sanitizer (kernel-config/kcsan.config); a
+# data race it reports fails any case (harness/debug_checks.py).
+KCSAN = Flavour("kcsan", ("kcsan.config",), "KCSAN (data races, NMI and interrupt context too)")
+FLAVOURS = {f.name: f for f in (DEBUG, KCSAN)}
 
 
 def flavour(name: str | None) -> Flavour | None:

@@ -17,7 +17,7 @@ from harness.detectors import Detector
 from harness.verdicts import Verdict
 
 BAD_KINDS = ("oops", "bug", "gpf", "warning", "unknown_nmi", "dmar_fault", "panic",
-             "lockdep", "invalid_context", "kasan")
+             "lockdep", "invalid_context", "kasan", "kcsan")
 LOCKUP_KINDS = ("hard_lockup", "soft_lockup", "rcu_stall", "hung_task",
                 "workqueue_lockup", "spinlock_lockup")
 IRQ_REMAP_ON = "DMAR-IR: Enabled IRQ remapping"

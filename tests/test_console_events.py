@@ -359,6 +359,10 @@ KERNEL_FORMATS = [
     (None, "", "WARNING: at %pS, CPU#%d: %s/%d", ("foo+0x1/0x2", 3, "sh", 60), "warning", 3),
     ("mm/kasan/report.c", "", "BUG: KASAN: %s in %pS", ("slab-out-of-bounds", "foo+0x1b/0x40"), "kasan", None),
     ("mm/kasan/report.c", "", "BUG: KASAN: invalid-access", (), "kasan", None),
+    ("kernel/kcsan/report.c", "", "BUG: KCSAN: %s in %ps / %ps",
+     ("data-race", "hld_expiry", "hld_anchor"), "kcsan", None),
+    ("kernel/kcsan/report.c", "", "BUG: KCSAN: %s in %pS", ("assert: race", "foo+0x1/0x2"),
+     "kcsan", None),
     ("arch/x86/kernel/traps.c", "traps: ", "PANIC: double fault, error_code: 0x%lx", (0,), "oops", None),
     # --- a PROVE_LOCKING kernel: lockdep, and wrong-context checks
     ("kernel/locking/lockdep.c", "", "WARNING: possible circular locking dependency detected", (), "lockdep", None),

@@ -66,6 +66,8 @@ SMOKE_LEAVES_OUT = {
     # DEBUG_PREEMPT): a third kernel build, and its guests are slower; the
     # same scenarios run on the plain kernels in smoke.
     ("axis", "flavour", "debug"),
+    # The kcsan flavour: a fourth kernel build, its guests slower still.
+    ("axis", "flavour", "kcsan"),
 }
 
 
@@ -99,12 +101,13 @@ def test_what_smoke_leaves_out_is_only_pairs_whose_family_it_has():
             assert what == "axis" and rest[0] == "flavour"
 
 
-def test_the_debug_kernel_runs_in_nightly_only():
+def test_the_debug_and_kcsan_kernels_run_in_nightly_only():
     assert {c.spec.flavour for c in SMOKE} == {None}
-    debug = [c for c in NIGHTLY if c.spec.flavour == "debug"]
-    assert debug and {c.detector for c in debug} == {"hpet"}
-    # Its scenarios all run in smoke too, on the plain kernels.
-    assert {c.scenario for c in debug} <= {c.scenario for c in SMOKE}
+    for flavour in ("debug", "kcsan"):
+        cases = [c for c in NIGHTLY if c.spec.flavour == flavour]
+        assert cases and {c.detector for c in cases} == {"hpet"}, flavour
+        # Their scenarios all run in smoke too, on the plain kernels.
+        assert {c.scenario for c in cases} <= {c.scenario for c in SMOKE}, flavour
 
 
 def test_every_smoke_case_is_a_nightly_case():

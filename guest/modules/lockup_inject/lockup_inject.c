@@ -39,6 +39,7 @@
 #include <linux/atomic.h>
 #include <linux/cpumask.h>
 #include <linux/debugfs.h>
+#include <linux/kcsan-checks.h>
 #include <linux/kthread.h>
 #include <linux/math64.h>
 #include <linux/module.h>
@@ -109,10 +110,28 @@ static enum lockup_mode li_mode;
 static unsigned int li_ms;		/* or the NMI count */
 static bool li_quiet;
 
+/*
+ * Spin for @ns, timed by the clocksource, which keeps running with
+ * interrupts off: jiffies do not, and neither does local_clock() once
+ * sched_clock is found unstable. Its fast accessor reads the timekeeper's
+ * latch while the tick rewrites it, as the latch is meant to be used;
+ * Linux 6.12 does not tell KCSAN so, which would report every spin.
+ */
+static void li_spin_ns(u64 ns)
+{
+	u64 mono;
+
+	kcsan_disable_current();
+	mono = ktime_get_mono_fast_ns();
+	while (ktime_get_mono_fast_ns() - mono < ns)
+		cpu_relax();
+	kcsan_enable_current();
+}
+
 static int lockup_fn(void *data)
 {
 	unsigned int cpu = (unsigned long)data;
-	u64 start, end, mono, dur = (u64)li_ms * NSEC_PER_MSEC;
+	u64 start, end, dur = (u64)li_ms * NSEC_PER_MSEC;
 
 	/*
 	 * Lock up together: a CPU locked up early can keep another target's
@@ -133,15 +152,9 @@ static int lockup_fn(void *data)
 	else
 		preempt_disable();
 
-	/*
-	 * Timed by the clocksource, which keeps running with interrupts off:
-	 * jiffies do not, and neither does local_clock() once sched_clock is
-	 * found unstable. The log gets local_clock() times, those of printk.
-	 */
+	/* The log gets local_clock() times, those of printk */
 	start = local_clock();
-	mono = ktime_get_mono_fast_ns();
-	while (ktime_get_mono_fast_ns() - mono < dur)
-		cpu_relax();
+	li_spin_ns(dur);
 	end = local_clock();
 
 	if (li_mode == MODE_IRQOFF)
@@ -217,15 +230,13 @@ static DEFINE_PER_CPU(u64, li_stall_end);
 static int li_nmi_handler(unsigned int type, struct pt_regs *regs)
 {
 	unsigned int ms = this_cpu_read(li_stall_ms);
-	u64 start, end, mono;
+	u64 start, end;
 
 	if (!ms || this_cpu_read(li_stall_end))
 		return NMI_DONE;
 
 	start = local_clock();
-	mono = ktime_get_mono_fast_ns();
-	while (ktime_get_mono_fast_ns() - mono < (u64)ms * NSEC_PER_MSEC)
-		cpu_relax();
+	li_spin_ns((u64)ms * NSEC_PER_MSEC);
 	end = local_clock();
 	this_cpu_write(li_stall_start, start);
 	/* Last: the writer waits for it */
