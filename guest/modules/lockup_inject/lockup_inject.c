@@ -115,9 +115,11 @@ static bool li_quiet;
  * interrupts off: jiffies do not, and neither does local_clock() once
  * sched_clock is found unstable. Its fast accessor reads the timekeeper's
  * latch while the tick rewrites it, as the latch is meant to be used;
- * Linux 6.12 does not tell KCSAN so, which would report every spin.
+ * Linux 6.12 does not tell KCSAN so, which would report every spin. Not
+ * inlined: a locked CPU's backtrace shows this frame, then the line of
+ * its caller that locks up.
  */
-static void li_spin_ns(u64 ns)
+static noinline void li_spin_ns(u64 ns)
 {
 	u64 mono;
 
