@@ -7,7 +7,7 @@ and no I/O here (tests/test_lockup_verdicts.py, tests/logs/disturbance/).
 from dataclasses import dataclass
 
 from harness import verdicts
-from harness.console_events import Event, EventKind
+from harness.console_events import Event, EventKind, describe
 from harness.detector_verdicts import ManyLocked, many_locked
 from harness.detectors import Detector
 from harness.inject_log import NmiSent
@@ -55,26 +55,38 @@ def excused(obs: Disturbed, e: Event) -> bool:
 
 
 def came_back(obs: Disturbed, events: list[Event]) -> Verdict:
-    """Nothing reported or bad during the disturbance nor in the watch
-    after it (but what is excused), and the detector's expiries back."""
+    """No report or bad event (but what is excused) during the disturbance
+    nor in the watch after it; for the HPET detector (`expiries` not None)
+    at least `expiries_wanted` expiries in that watch, as its own watch
+    restarts a silent channel within 2 x watchdog_thresh; and the restart
+    asked for (`restart_cpu`), in its time."""
+    m: dict = {"expiries_after": obs.expiries}
+    said = "; ".join(obs.said)
     bad = [e for e in of_kinds(events, LOCKUP_KINDS + BAD_KINDS) if not excused(obs, e)]
-    v = verdicts.came_back(obs.said, window(bad, obs.start, obs.watch),
-                           window(bad, obs.watch, obs.end), obs.expiries,
-                           obs.expiries_wanted, obs.window_s)
-    if not v.passed or obs.restart_cpu is None:
-        return v
+    during, after = window(bad, obs.start, obs.watch), window(bad, obs.watch, obs.end)
+    if during:
+        return Verdict(False, f"{said}; during them: {describe(during)}", m)
+    if after:
+        return Verdict(False, f"{said}; then: {describe(after)}", m)
+    if obs.expiries is not None and obs.expiries < obs.expiries_wanted:
+        return Verdict(False, f"{said}; then only {obs.expiries} expiries in "
+                       f"{obs.window_s:g} s, want {obs.expiries_wanted:.0f}: the detector "
+                       "did not come back", m)
+    back = said if obs.expiries is None else \
+        f"{said}; {obs.expiries} expiries in {obs.window_s:g} s"
+    if obs.restart_cpu is None:
+        return Verdict(True, back, m)
     restart = next((e for e in of_kinds(window(events, obs.start, obs.end),
                                         (EventKind.DETECTOR_RESTARTED,))
                     if e.cpu == obs.restart_cpu and e.time is not None
                     and obs.restart_after <= e.time <= obs.restart_by), None)
     if restart is None:
-        return Verdict(False, f"{'; '.join(obs.said)}; the watch did not restart the channel "
-                       f"of cpu {obs.restart_cpu} within "
-                       f"{obs.restart_by - obs.restart_after:.1f} s", v.measurements)
-    after = round(restart.time - obs.restart_after, 3)
-    return Verdict(True, f"{v.reason}; the watch restarted the channel of cpu "
-                   f"{obs.restart_cpu} after {after:.2f} s",
-                   {**v.measurements, "restarted_after_s": after})
+        return Verdict(False, f"{said}; the watch did not restart the channel of cpu "
+                       f"{obs.restart_cpu} within {obs.restart_by - obs.restart_after:.1f} s",
+                       m)
+    m["restarted_after_s"] = round(restart.time - obs.restart_after, 3)
+    return Verdict(True, f"{back}; the watch restarted the channel of cpu "
+                   f"{obs.restart_cpu} after {m['restarted_after_s']:.2f} s", m)
 
 
 def disturbed(obs: Disturbed, events: list[Event], spec, detector: Detector) -> Verdict:

@@ -404,25 +404,3 @@ def kdump(text: str, cpu: int, dump: list[str] | None, want_detector: bool,
     return Verdict(True, f"hard lockup on cpu {cpu} reported, panic, the crash kernel "
                    "booted, its /proc/vmcore holds the report, no stray NMI"
                    + (", its HPET detector enabled" if want_detector else ""), m)
-
-
-def came_back(said: list[str], during: list[Event], after: list[Event],
-              expiries: int | None, want: float, window_s: float) -> Verdict:
-    """After a disturbance (the machine stalled or paused, its handling CPU
-    stuck in NMI context, S3): no report or bad event `during` it (those
-    the scenario does not excuse) nor `after` it, in the `window_s` it then
-    watched, and for the HPET detector (`expiries` not None) at least
-    `want` expiries in that window: its watch restarts a silent channel
-    within 2 x watchdog_thresh. `said`: the steps so far, for the reason."""
-    m = {"expiries_after": expiries}
-    head = "; ".join(said)
-    if during:
-        return Verdict(False, f"{head}; during them: {describe(during)}", m)
-    if after:
-        return Verdict(False, f"{head}; then: {describe(after)}", m)
-    if expiries is None:
-        return Verdict(True, head, m)
-    if expiries < want:
-        return Verdict(False, f"{head}; then only {expiries} expiries in {window_s:g} s, "
-                       f"want {want:.0f}: the detector did not come back", m)
-    return Verdict(True, f"{head}; {expiries} expiries in {window_s:g} s", m)

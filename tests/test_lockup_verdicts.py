@@ -74,8 +74,9 @@ JUDGED_ELSEWHERE = {"boundary-sweep": "contract", "unknown-nmi": "contract",
                     "canary-debug-report": "guest-hpet-debug-2cpu-canary-debug-report.log"}
 
 
-def replay(case: Path):
-    """What the scenario did after acting, on the files: (verdict, events)."""
+def load(case: Path):
+    """A captured case's files: (expect, observation dict, console, spec,
+    events with the guest console's line numbers)."""
     expect = json.loads((case / "expect.json").read_text())
     record = json.loads((case / "record.json").read_text())
     spec = MachineSpec(**dict(expect["spec"], cmdline_extra=tuple(expect["spec"]["cmdline_extra"])))
@@ -83,9 +84,14 @@ def replay(case: Path):
     # console.log starts after line `start` of the guest's console.
     events = [dataclasses.replace(e, line=e.line + expect["start"])
               for e in console_events.parse_text(text)]
+    return expect, record["observation"], text, spec, events
+
+
+def replay(case: Path):
+    """What the scenario did after acting, on the files: (verdict, events)."""
+    expect, obs, text, spec, events = load(case)
     judge = JUDGES[expect["scenario"]]
-    return judge(record["observation"], events, text, spec,
-                 detectors.get(expect["detector"])), events
+    return judge(obs, events, text, spec, detectors.get(expect["detector"])), events
 
 
 def _json(value):
@@ -277,13 +283,8 @@ def test_observations_survive_json():
 
 def _case(name: str):
     """A captured case's (observation dict, events, console, spec)."""
-    case = next(c for c in CASES if c.name == name)
-    expect = json.loads((case / "expect.json").read_text())
-    text = (case / "console.log").read_text()
-    spec = MachineSpec(**dict(expect["spec"], cmdline_extra=tuple(expect["spec"]["cmdline_extra"])))
-    events = [dataclasses.replace(e, line=e.line + expect["start"])
-              for e in console_events.parse_text(text)]
-    return json.loads((case / "record.json").read_text())["observation"], events, text, spec
+    _, obs, text, spec, events = load(next(c for c in CASES if c.name == name))
+    return obs, events, text, spec
 
 
 def test_a_blocked_channel_must_fault_give_up_and_say_so_in_nmi_watchdog():
