@@ -38,6 +38,9 @@ SCENARIOS = {
     # machine (expectations.PATHS), checked in the guest.
     "irq-path": lambda g, d, cpu: ds.irq_path(g, d),
     "sysrq-backtrace": lambda g, d, cpu: ds.sysrq_backtrace(g, d),
+    # The HPET detector stops working at run time: it says so, and the
+    # detector its kernel falls back to takes over, or the kernel says none.
+    "detector-lost": lambda g, d, cpu: ds.detector_lost(g, d),
     # What must not happen: no report below watchdog_thresh, no NMI taken
     # from its owner or from the unknown NMI path.
     # per_length: sections of each length (matrix/smoke.toml takes fewer).
@@ -77,7 +80,7 @@ SCENARIOS = {
 TAKES_CPU = {"hard-lockup", "soft-lockup", "hard-lockup-test_lockup",
              "soft-lockup-test_lockup", "all-but-one-locked", "cpumask-excluded",
              "canary-wrong-cpu", *(n for n in SCENARIOS if n.startswith("lkdtm-"))}
-NEEDS_TWO_CPUS = {"all-locked", "all-but-one-locked", "canary-wrong-cpu",
+NEEDS_TWO_CPUS = {"detector-lost", "all-locked", "all-but-one-locked", "canary-wrong-cpu",
                   "cpumask-excluded", "handling-cpu-hotplug", "untouched-cpus",
                   "unbooted-cpus", "irte-retarget"}
 

@@ -48,6 +48,7 @@ class EventKind(StrEnum):
     DETECTOR_ENABLED = "detector_enabled"
     DETECTOR_DISABLED = "detector_disabled"
     DETECTOR_RESTARTED = "detector_restarted"
+    DETECTOR_HANDOVER = "detector_handover"
     LOCKUP_INJECTED = "lockup_injected"
     LOCKUP_RELEASED = "lockup_released"
 
@@ -254,6 +255,11 @@ _RULES = [
     ("detector_disabled",
      r"watchdog: Hard watchdog permanently disabled",
      None, "hardlockup detector permanently disabled"),
+    # kernel/watchdog.c of the series (patch 15): the arch detector was lost
+    # and the one it falls back to (buddy or perf) took over.
+    ("detector_handover",
+     r"watchdog: Hard watchdog: detector stopped working, (?P<to>\w+) took over",
+     None, "hardlockup detector lost: {to} took over"),
     # Our HPET detector: "hpet_hld: enabled on channel 2, handling CPU 0, ...".
     ("detector_enabled",
      r"hpet_hld: enabled\b,? ?(?P<detail>(?:.*?handling CPU (?P<cpu>\d+))?.*)",

@@ -6,6 +6,7 @@ cleanly, and does it leave other NMI users alone.
 Each scenario acts and records an observation; harness.detector_verdicts
 judges it (the measurements keep it, as "observation").
 """
+import dataclasses
 import re
 import time
 
@@ -280,3 +281,62 @@ def declines(guest: Guest, detector: str) -> Result:
     obs = dv.Declined(start, mark(guest), said, enabled_said, reserved)
     return judged("declines", guest, dv.declines(obs, events_upto(guest, start, obs.end),
                                                  guest.spec), obs)
+
+
+TSC_UNSTABLE = "/sys/kernel/debug/lockup_inject/tsc_unstable"
+
+
+def detector_lost(guest: Guest, detector: str) -> Result:
+    """The HPET detector stops working at run time: where it runs, the TSC
+    it times its NMIs with is marked unstable (as the clocksource watchdog
+    does); where its MSI is blocked (expectations.PATHS: disabled), it
+    notices by itself. The kernel must say so, the detector its kernel
+    falls back to must take over (buddy on the buddy-fallback flavour,
+    perf where a PMU is) or the kernel must say the hard watchdog is off,
+    nmi_watchdog must agree, and a hard lockup on the last CPU afterwards
+    is reported by the fallback, or by nobody. The guest is retired."""
+    spec = guest.spec
+    if detector != "hpet":
+        raise HarnessError("detector-lost is a scenario of the hpet detector")
+    if spec.cpus < 2:
+        raise HarnessError("detector-lost needs at least 2 CPUs (the buddy fallback "
+                           "checks a CPU from its neighbour)")
+    path = expectations.hpet_path(spec)
+    if path.outcome == "declines":
+        raise HarnessError(f"{spec.label()}: the HPET detector declines at boot here; "
+                           "detector-lost needs it enabled first")
+    try:
+        return _detector_lost(guest, path, detectors.fallback(spec.flavour))
+    finally:
+        guest.stop()     # its hardlockup detector is another one now, or none
+
+
+def _detector_lost(guest: Guest, path, fallback: str) -> Result:
+    spec, thresh = guest.spec, guest.spec.watchdog_thresh
+    if path.outcome == "enabled":
+        start, cause = mark(guest), "the TSC marked unstable"
+        guest.check(f"echo 1 > {TSC_UNSTABLE}")
+        wait_s = 2 * thresh + 10
+    else:
+        start, cause = 0, "its MSI blocked"
+        wait_s = path.disable_bound_s(thresh) + 10
+    lost_kinds = ("detector_handover", "detector_disabled")
+
+    def over() -> bool:
+        return any(e.kind == EventKind.DETECTOR_HANDOVER or dv.PERMANENTLY_OFF in e.text
+                   for e in since(guest, start, lost_kinds))
+    guest.console.wait_until(over, time.monotonic() + wait_s * guest.scale, guest.alive)
+    nmi_watchdog = _read(guest, "/proc/sys/kernel/nmi_watchdog")
+    rewritable = guest.run("echo 0 > /proc/sys/kernel/nmi_watchdog && "
+                           "echo 1 > /proc/sys/kernel/nmi_watchdog").status == 0
+    obs = dv.Lost(start=start, end=mark(guest), cause=cause, fallback=fallback,
+                  nmi_watchdog=nmi_watchdog, rewritable=rewritable)
+    if over():
+        taker = next((e for e in since(guest, start, ("detector_handover",))), None)
+        judge_as = re.search(dv.HANDOVER, taker.text).group("to") if taker else "perf"
+        if judge_as in detectors.DETECTORS:
+            then = observe_lockup(guest, judge_as, spec.cpus - 1, "irqoff",
+                                  EventKind.HARD_LOCKUP, name="detector-lost")
+            obs = dataclasses.replace(obs, end=then.end, then_lockup=then)
+    v = dv.lost(obs, events_upto(guest, start, obs.end), spec, detectors.DETECTORS)
+    return judged("detector-lost", guest, v, obs)

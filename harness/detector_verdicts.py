@@ -7,7 +7,7 @@ guest and no I/O here (tests/test_lockup_verdicts.py, tests/logs/detector/).
 import re
 from dataclasses import dataclass, field
 
-from harness import expectations
+from harness import detectors, expectations
 from harness.console_events import Event, EventKind, describe
 from harness.detectors import HPET, Detector
 from harness.lockup_verdicts import (BAD_KINDS, LOCKUP_KINDS, Lockup, Observation,
@@ -254,6 +254,9 @@ def declines(obs: Declined, events: list[Event], spec) -> Verdict:
 
 REMAP_ON = r"DMAR-IR: Enabled IRQ remapping in (\w+) mode"
 TURNED_OFF = r"hpet_hld: (disabled|not used)\b.*"
+# kernel/watchdog.c of the series: another detector took over, or none.
+HANDOVER = r"detector stopped working, (?P<to>\w+) took over"
+PERMANENTLY_OFF = "Hard watchdog permanently disabled"
 
 
 def kernel_time(text: str, offset: int) -> float | None:
@@ -352,11 +355,22 @@ def irq_path(obs: IrqPath, events: list[Event], console: str, spec) -> Verdict:
     if m["nmis"] or not obs.restarts:
         return Verdict(False, f"debugfs: {m['nmis']} NMIs, {obs.restarts} restarts "
                        "(expected none, and at least one)", m)
-    # Given up (series v3, watchdog_hardlockup_lost()): nmi_watchdog says so.
+    # Given up (watchdog_hardlockup_lost()): the fallback took over (buddy
+    # on the buddy-fallback flavour, perf with a PMU), or nmi_watchdog says
+    # there is none.
     m["nmi_watchdog"] = obs.nmi_watchdog
-    if obs.nmi_watchdog != "0":
-        return Verdict(False, f"the detector gave up but /proc/sys/kernel/nmi_watchdog "
-                       f"reads {obs.nmi_watchdog!r}, not '0'", m)
+    taker = re.search(HANDOVER, console)
+    took = taker.group("to") if taker else None
+    if took:
+        m["took_over"] = took
+    if detectors.fallback(spec.flavour) == "buddy" and took != "buddy":
+        return Verdict(False, f"the detector gave up and {took or 'nothing'} took over, "
+                       "expected buddy", m)
+    want = "1" if taker else "0"
+    if obs.nmi_watchdog != want:
+        return Verdict(False, f"the detector gave up ({took or 'no'} fallback) "
+                       f"but /proc/sys/kernel/nmi_watchdog reads {obs.nmi_watchdog!r}, "
+                       f"not '{want}'", m)
     # Nothing hangs, nothing is reported: no lockup or other bad event (the
     # expected faults aside) since boot.
     bad = [e for e in of_kinds(window(events, 0, obs.end), BAD_KINDS + LOCKUP_KINDS)
@@ -368,3 +382,81 @@ def irq_path(obs: IrqPath, events: list[Event], console: str, spec) -> Verdict:
                    f"({len(faults)} faults 25h), {obs.restarts} restarts, then "
                    f"'{gone.group(0)}' after {m['disabled_after_s']} s "
                    f"(bound {bound:.0f} s); nothing reported", m)
+
+
+
+@dataclass(frozen=True)
+class Lost(Observation):
+    """The HPET detector stopped working after it was enabled: console
+    lines (start, end], `cause` what made it stop (the TSC marked
+    unstable, or its MSI blocked since boot: start 0). `fallback` the
+    detector its kernel falls back to (detectors.Flavour.fallback: buddy,
+    or perf where a PMU is). Then /proc/sys/kernel/nmi_watchdog
+    (`nmi_watchdog`), whether writing 0 then 1 to it worked
+    (`rewritable`), and a hard lockup made after (`then_lockup`, judged
+    with the rules of the detector that took over, or of perf without a
+    PMU: nothing reported)."""
+    start: int
+    end: int
+    cause: str
+    fallback: str
+    nmi_watchdog: str
+    rewritable: bool
+    then_lockup: Lockup | None = None
+
+
+def lost(obs: Lost, events: list[Event], spec, known: dict) -> Verdict:
+    """The kernel says the HPET detector is disabled and why, then that the
+    fallback took over (buddy always; perf if it has a PMU) or that the
+    hard watchdog is permanently disabled (perf without one), within
+    2 x watchdog_thresh + 2 s; nmi_watchdog and its writability say the
+    same; nothing is reported or goes wrong meanwhile; and the lockup
+    after is reported as the fallback reports one, or not at all.
+    `known`: name -> Detector, for the fallback's rules."""
+    m: dict = {"cause": obs.cause, "fallback": obs.fallback,
+               "nmi_watchdog": obs.nmi_watchdog, "rewritable": obs.rewritable}
+    before = window(events, obs.start, obs.then_lockup.start if obs.then_lockup else obs.end)
+    thresh = spec.watchdog_thresh
+    off = next((e for e in of_kinds(before, (EventKind.DETECTOR_DISABLED,))
+                if e.text.find("hpet_hld: disabled") >= 0), None)
+    if off is None:
+        return Verdict(False, f"{obs.cause}: no 'hpet_hld: disabled' line", m)
+    m["said"] = off.title
+    handover = next((e for e in of_kinds(before, (EventKind.DETECTOR_HANDOVER,))), None)
+    gone = next((e for e in of_kinds(before, (EventKind.DETECTOR_DISABLED,))
+                 if PERMANENTLY_OFF in e.text), None)
+    end = handover or gone
+    if end is None:
+        return Verdict(False, f"{obs.cause}; '{off.title}', then neither a detector took "
+                       "over nor the hard watchdog said it is off", m)
+    if off.time is not None and end.time is not None:
+        m["after_disabled_s"] = round(end.time - off.time, 3)
+        if m["after_disabled_s"] > 2 * thresh + 2:
+            return Verdict(False, f"'{end.title}' {m['after_disabled_s']} s after "
+                           f"'{off.title}', bound {2 * thresh + 2} s", m)
+    taker = re.search(HANDOVER, handover.text).group("to") if handover else None
+    m["took_over"] = taker
+    perf_off = any(known["perf"].off_message in e.text
+                   for e in of_kinds(before, (EventKind.DETECTOR_DISABLED,)))
+    want = obs.fallback if obs.fallback != "perf" or not perf_off else None
+    if taker != want:
+        return Verdict(False, f"{obs.cause}; {taker or 'no detector'} took over, expected "
+                       f"{want or 'none (perf has no PMU here)'}", m)
+    if handover and gone:
+        return Verdict(False, f"both '{handover.title}' and '{gone.title}'", m)
+    if obs.nmi_watchdog != ("1" if taker else "0") or obs.rewritable != bool(taker):
+        return Verdict(False, f"{obs.cause}; {taker or 'no detector'} took over but "
+                       f"nmi_watchdog reads {obs.nmi_watchdog!r} and writing it "
+                       f"{'works' if obs.rewritable else 'fails'}", m)
+    bad = [e for e in of_kinds(before, BAD_KINDS + LOCKUP_KINDS)
+           if not (e.kind == EventKind.DMAR_FAULT
+                   and ("0x25" in e.text or "fault status" in e.text))]
+    if bad:
+        return Verdict(False, f"{obs.cause}; meanwhile: {describe(bad)}", m)
+    head = (f"{obs.cause}; '{off.title}', then {taker or 'no detector'} took over"
+            f"{'' if taker else ' (no PMU for perf)'}, nmi_watchdog {obs.nmi_watchdog}")
+    if obs.then_lockup is None:
+        return Verdict(True, head, m)
+    then = lockup(obs.then_lockup, events, spec, known[taker or "perf"])
+    m["lockup_after"] = then.measurements
+    return Verdict(then.passed, f"{head}; then {then.reason}", m)

@@ -84,6 +84,9 @@ class Flavour:
     name: str
     fragments: tuple[str, ...]
     what: str
+    # The detector the HPET kernel falls back to where the HPET one is not
+    # used, or stops working: perf (with a PMU) unless the flavour says.
+    fallback: str = "perf"
 
 
 # debug: lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_PREEMPT (kernel-config/debug.config);
@@ -93,7 +96,18 @@ DEBUG = Flavour("debug", ("debug.config",),
 # kcsan: the kernel concurrency sanitizer (kernel-config/kcsan.config); a
 # data race it reports fails any case (harness/debug_checks.py).
 KCSAN = Flavour("kcsan", ("kcsan.config",), "KCSAN (data races, NMI and interrupt context too)")
-FLAVOURS = {f.name: f for f in (DEBUG, KCSAN)}
+# buddy-fallback: the HPET kernel preferring buddy (series patches 13-15),
+# its fallback where there is no PMU, as under TCG (scenario detector-lost).
+BUDDY_FALLBACK = Flavour("buddy-fallback", ("buddy-fallback.config",),
+                         "the buddy detector as the HPET detector's fallback",
+                         fallback="buddy")
+FLAVOURS = {f.name: f for f in (DEBUG, KCSAN, BUDDY_FALLBACK)}
+
+
+def fallback(flavour_name: str | None) -> str:
+    """The detector the HPET kernel of that flavour falls back to."""
+    f = flavour(flavour_name)
+    return f.fallback if f else "perf"
 
 
 def flavour(name: str | None) -> Flavour | None:

@@ -334,6 +334,8 @@ KERNEL_FORMATS = [
      (), "detector_enabled", None),
     ("kernel/watchdog_perf.c", "NMI watchdog: ", "Perf NMI watchdog permanently disabled", (), "detector_disabled", None),
     ("kernel/watchdog.c", "watchdog: ", "Hard watchdog permanently disabled", (), "detector_disabled", None),
+    ("kernel/watchdog.c", "watchdog: ", "Hard watchdog: detector stopped working, %s took over",
+     ("buddy",), "detector_handover", None),
     ("lib/test_lockup.c", "test_lockup: ", "Start on CPU%d", (1,), "lockup_injected", 1),
     ("drivers/misc/lkdtm/core.c", "lkdtm: ", "Performing direct entry %s", ("HARDLOCKUP",),
      "lockup_injected", None),

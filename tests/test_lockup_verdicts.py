@@ -35,7 +35,7 @@ LOCKUPS = ("hard-lockup", "soft-lockup", "hard-lockup-test_lockup", "soft-lockup
 LOCKUP_FAMILY = LOCKUPS + ("boot", "idle", "soak")
 DETECTOR_FAMILY = ("enabled", "all-locked", "all-but-one-locked", "cpumask-excluded",
                    "sysrq-backtrace", "declines", "irq-path", "runtime-changes",
-                   "handling-cpu-hotplug")
+                   "handling-cpu-hotplug", "detector-lost")
 DISTURBANCES = ("machine-stalls", "vm-pause", "nmi-stall", "suspend-resume")
 
 # scenario -> judge(observation dict, events, console text, spec, detector)
@@ -56,6 +56,8 @@ JUDGES = {
     "declines": lambda o, ev, text, spec, det: dv.declines(dv.Declined.from_dict(o), ev, spec),
     "irq-path": lambda o, ev, text, spec, det: dv.irq_path(dv.IrqPath.from_dict(o), ev, text,
                                                            spec),
+    "detector-lost": lambda o, ev, text, spec, det: dv.lost(dv.Lost.from_dict(o), ev, spec,
+                                                            detectors.DETECTORS),
     **{s: lambda o, ev, text, spec, det: dv.steps(dv.Steps.from_dict(o), ev, spec, det)
        for s in ("runtime-changes", "handling-cpu-hotplug")},
     **{s: lambda o, ev, text, spec, det: dvd.disturbed(dvd.Disturbed.from_dict(o), ev, spec,
@@ -409,3 +411,71 @@ def test_real_machine_stalls_go_red_on_one_unknown_nmi_or_too_few_expiries():
     assert not v.passed and "the detector did not come back" in v.reason, v.reason
     red = _case("hpet-4cpu-machine-stalls-earlier-v3")
     assert "unknown NMI, reason 21" in judge(red[0], red[1]).reason
+
+
+def _lost(name: str, drop: str | None = None, add: list[Event] = (), **change):
+    """The verdict of a captured detector-lost case with one fact changed:
+    a console line dropped (by a text it has), events added, or fields of
+    the observation."""
+    obs, events, text, spec = _case(name)
+    if drop:
+        events = [e for e in events if drop not in e.text]
+    obs = {**obs, **change}
+    return dv.lost(dv.Lost.from_dict(obs), sorted([*events, *add], key=lambda e: e.line),
+                   spec, detectors.DETECTORS)
+
+
+NO_PMU = "hpet-2cpu-detector-lost-no-pmu"
+BUDDY_TOOK_OVER = "hpet-2cpu-buddy-fallback-detector-lost"
+MSI_BLOCKED = "hpet-4cpu-xapic-undescribed-buddy-fallback-detector-lost"
+
+# The real detector-lost cases (the TSC marked unstable, perf without a
+# PMU; the same with buddy preferred; the MSI blocked by the IOMMU, buddy
+# preferred), then one fact changed at a time, and the reason it fails.
+LOST_CHANGED = [
+    (NO_PMU, {"nmi_watchdog": "1"}, "nmi_watchdog reads '1'"),
+    (NO_PMU, {"rewritable": True}, "writing it works"),
+    (NO_PMU, {"drop": "Hard watchdog permanently disabled"}, "neither a detector took over"),
+    (NO_PMU, {"drop": "hpet_hld: disabled"}, "no 'hpet_hld: disabled' line"),
+    # the flavour's fallback is buddy: it must have taken over
+    (NO_PMU, {"fallback": "buddy"}, "no detector took over, expected buddy"),
+    # nothing may be reported before the lockup, nor the lockup itself
+    (NO_PMU, {"add": [ev("hard_lockup", 2.2, 0, 272)]}, "meanwhile: line 272"),
+    (NO_PMU, {"add": [ev("hard_lockup", 5.0, 1, 274)]}, "reported although"),
+    *((name, change, reason) for name in (BUDDY_TOOK_OVER, MSI_BLOCKED)
+      for change, reason in [
+          ({"drop": "took over"}, "neither a detector took over"),
+          ({"nmi_watchdog": "0"}, "nmi_watchdog reads '0'"),
+          ({"rewritable": False}, "writing it fails"),
+          # the default kernel's fallback is perf, which has no PMU here
+          ({"fallback": "perf"}, "buddy took over, expected perf"),
+          # buddy must then report the lockup
+          ({"drop": "detected hard LOCKUP"}, "got none")]),
+]
+
+
+@pytest.mark.parametrize("name", [NO_PMU, BUDDY_TOOK_OVER, MSI_BLOCKED])
+def test_a_captured_detector_lost_case_passes(name):
+    assert _lost(name).passed
+
+
+@pytest.mark.parametrize("name, change, reason", LOST_CHANGED,
+                         ids=[f"{n}-{'-'.join(c)}-{i}" for i, (n, c, _) in
+                              enumerate(LOST_CHANGED)])
+def test_a_lost_detector_must_say_so_and_be_replaced_or_be_off(name, change, reason):
+    v = _lost(name, **change)
+    assert not v.passed and reason in v.reason, v.reason
+
+
+def test_a_handover_line_is_one_event_and_names_the_detector():
+    line = "[    2.1][   T32] watchdog: Hard watchdog: detector stopped working, buddy took over"
+    (e,) = console_events.parse_lines([line])
+    assert e.kind == "detector_handover" and e.title == "hardlockup detector lost: buddy took over"
+
+
+def test_a_handover_long_after_the_detector_said_it_is_disabled_fails():
+    obs, events, text, spec = _case(BUDDY_TOOK_OVER)
+    late = [dataclasses.replace(e, time=e.time + 10) if e.kind == "detector_handover" else e
+            for e in events]
+    v = dv.lost(dv.Lost.from_dict(obs), late, spec, detectors.DETECTORS)
+    assert not v.passed and "bound 6 s" in v.reason

@@ -32,6 +32,12 @@
  *   echo lock-inversion > /sys/kernel/debug/lockup_inject/defect
  *   echo sleep-in-atomic > /sys/kernel/debug/lockup_inject/defect
  *   echo smp-processor-id-preemptible > /sys/kernel/debug/lockup_inject/defect
+ *
+ * "tsc_unstable" marks the TSC unstable, as the clocksource watchdog does
+ * when the TSC drifts from the HPET or the ACPI PM timer: what a detector
+ * that times its NMIs with the TSC must notice and survive, or hand over.
+ *
+ *   echo 1 > /sys/kernel/debug/lockup_inject/tsc_unstable
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -55,6 +61,7 @@
 #include <linux/timekeeping.h>
 #include <asm/apic.h>
 #include <asm/nmi.h>
+#include <asm/tsc.h>
 
 #define LOCKUP_MAX_MS	600000U
 
@@ -450,6 +457,24 @@ static const struct file_operations defect_fops = {
 	.llseek	= noop_llseek,
 };
 
+static ssize_t tsc_unstable_write(struct file *file, const char __user *ubuf,
+				  size_t count, loff_t *ppos)
+{
+	bool on;
+
+	if (kstrtobool_from_user(ubuf, count, &on) || !on)
+		return -EINVAL;
+	pr_info("marking the TSC unstable\n");
+	mark_tsc_unstable("lockup_inject");
+	return count;
+}
+
+static const struct file_operations tsc_unstable_fops = {
+	.owner	= THIS_MODULE,
+	.write	= tsc_unstable_write,
+	.llseek	= noop_llseek,
+};
+
 static int log_show(struct seq_file *m, void *v)
 {
 	u64 seq, first;
@@ -486,6 +511,7 @@ static int __init lockup_inject_init(void)
 	li_dir = debugfs_create_dir("lockup_inject", NULL);
 	debugfs_create_file("inject", 0200, li_dir, NULL, &inject_fops);
 	debugfs_create_file("defect", 0200, li_dir, NULL, &defect_fops);
+	debugfs_create_file("tsc_unstable", 0200, li_dir, NULL, &tsc_unstable_fops);
 	debugfs_create_file("log", 0444, li_dir, NULL, &log_fops);
 	debugfs_create_atomic_t("active", 0444, li_dir, &li_active);
 	return 0;
