@@ -30,6 +30,18 @@ def test_the_debug_fragment_asks_for_the_checks_and_what_they_need():
         assert option + "\n" in text
 
 
+def test_the_fallback_a_flavour_claims_is_the_one_its_fragments_ask_for():
+    """detector-lost expects the fallback of Flavour.fallback: buddy only if
+    the flavour's fragments make the kernel prefer it (the kconfig check
+    then proves the build honours that), perf otherwise."""
+    assert detectors.fallback(None) == detectors.fallback("default") == "perf"
+    for f in detectors.FLAVOURS.values():
+        text = "".join((KERNEL_CONFIG_DIR / name).read_text() for name in f.fragments)
+        prefers_buddy = "CONFIG_HARDLOCKUP_DETECTOR_PREFER_BUDDY=y\n" in text
+        assert detectors.fallback(f.name) == ("buddy" if prefers_buddy else "perf"), f.name
+    assert detectors.fallback("buddy-fallback") == "buddy"
+
+
 def test_each_flavour_is_a_kernel_build_of_its_own():
     plain, _, _ = kbuild.kernel_key("hpet")
     assert kbuild.kernel_key("hpet", flavour="default")[0] == plain
