@@ -332,8 +332,8 @@ def _detector_lost(guest: Guest, path, fallback: str) -> Result:
     obs = dv.Lost(start=start, end=mark(guest), cause=cause, fallback=fallback,
                   nmi_watchdog=nmi_watchdog, rewritable=rewritable)
     if over():
-        taker = next((e for e in since(guest, start, ("detector_handover",))), None)
-        judge_as = re.search(dv.HANDOVER, taker.text).group("to") if taker else "perf"
+        _, taker = dv.handed_to(since(guest, start, ("detector_handover",)))
+        judge_as = taker or "perf"
         if judge_as in detectors.DETECTORS:
             then = observe_lockup(guest, judge_as, spec.cpus - 1, "irqoff",
                                   EventKind.HARD_LOCKUP, name="detector-lost")

@@ -259,6 +259,21 @@ HANDOVER = r"detector stopped working, (?P<to>\w+) took over"
 PERMANENTLY_OFF = "Hard watchdog permanently disabled"
 
 
+def handed_to(events: list[Event]) -> tuple[Event | None, str | None]:
+    """The first line among `events` saying another detector took over,
+    and the detector it names."""
+    e = next(iter(of_kinds(events, (EventKind.DETECTOR_HANDOVER,))), None)
+    return e, re.search(HANDOVER, e.text).group("to") if e else None
+
+
+def unexpected(events: list[Event]) -> list[Event]:
+    """The reports and bad events among `events`, but the DMAR faults a
+    blocked HPET MSI causes (fault 25h, and the status line before it)."""
+    return [e for e in of_kinds(events, BAD_KINDS + LOCKUP_KINDS)
+            if not (e.kind == EventKind.DMAR_FAULT
+                    and ("0x25" in e.text or "fault status" in e.text))]
+
+
 def kernel_time(text: str, offset: int) -> float | None:
     """The printk timestamp of the console line holding `offset`."""
     start = text.rfind("\n", 0, offset) + 1
@@ -359,30 +374,26 @@ def irq_path(obs: IrqPath, events: list[Event], console: str, spec) -> Verdict:
     # on the buddy-fallback flavour, perf with a PMU), or nmi_watchdog says
     # there is none.
     m["nmi_watchdog"] = obs.nmi_watchdog
-    taker = re.search(HANDOVER, console)
-    took = taker.group("to") if taker else None
+    _, took = handed_to(window(events, 0, obs.end))
     if took:
         m["took_over"] = took
     if detectors.fallback(spec.flavour) == "buddy" and took != "buddy":
         return Verdict(False, f"the detector gave up and {took or 'nothing'} took over, "
                        "expected buddy", m)
-    want = "1" if taker else "0"
+    want = "1" if took else "0"
     if obs.nmi_watchdog != want:
         return Verdict(False, f"the detector gave up ({took or 'no'} fallback) "
                        f"but /proc/sys/kernel/nmi_watchdog reads {obs.nmi_watchdog!r}, "
                        f"not '{want}'", m)
     # Nothing hangs, nothing is reported: no lockup or other bad event (the
     # expected faults aside) since boot.
-    bad = [e for e in of_kinds(window(events, 0, obs.end), BAD_KINDS + LOCKUP_KINDS)
-           if not (e.kind == EventKind.DMAR_FAULT
-                   and ("0x25" in e.text or "fault status" in e.text))]
+    bad = unexpected(window(events, 0, obs.end))
     if bad:
         return Verdict(False, "unexpected: " + describe(bad), m)
     return Verdict(True, f"channel {channel} on {path.chip}: its MSI blocked "
                    f"({len(faults)} faults 25h), {obs.restarts} restarts, then "
                    f"'{gone.group(0)}' after {m['disabled_after_s']} s "
                    f"(bound {bound:.0f} s); nothing reported", m)
-
 
 
 @dataclass(frozen=True)
@@ -417,14 +428,13 @@ def lost(obs: Lost, events: list[Event], spec, known: dict) -> Verdict:
                "nmi_watchdog": obs.nmi_watchdog, "rewritable": obs.rewritable}
     before = window(events, obs.start, obs.then_lockup.start if obs.then_lockup else obs.end)
     thresh = spec.watchdog_thresh
-    off = next((e for e in of_kinds(before, (EventKind.DETECTOR_DISABLED,))
-                if e.text.find("hpet_hld: disabled") >= 0), None)
+    disabled = of_kinds(before, (EventKind.DETECTOR_DISABLED,))
+    off = next((e for e in disabled if "hpet_hld: disabled" in e.text), None)
     if off is None:
         return Verdict(False, f"{obs.cause}: no 'hpet_hld: disabled' line", m)
     m["said"] = off.title
-    handover = next((e for e in of_kinds(before, (EventKind.DETECTOR_HANDOVER,))), None)
-    gone = next((e for e in of_kinds(before, (EventKind.DETECTOR_DISABLED,))
-                 if PERMANENTLY_OFF in e.text), None)
+    handover, taker = handed_to(before)
+    gone = next((e for e in disabled if PERMANENTLY_OFF in e.text), None)
     end = handover or gone
     if end is None:
         return Verdict(False, f"{obs.cause}; '{off.title}', then neither a detector took "
@@ -434,10 +444,8 @@ def lost(obs: Lost, events: list[Event], spec, known: dict) -> Verdict:
         if m["after_disabled_s"] > 2 * thresh + 2:
             return Verdict(False, f"'{end.title}' {m['after_disabled_s']} s after "
                            f"'{off.title}', bound {2 * thresh + 2} s", m)
-    taker = re.search(HANDOVER, handover.text).group("to") if handover else None
     m["took_over"] = taker
-    perf_off = any(known["perf"].off_message in e.text
-                   for e in of_kinds(before, (EventKind.DETECTOR_DISABLED,)))
+    perf_off = any(known["perf"].off_message in e.text for e in disabled)
     want = obs.fallback if obs.fallback != "perf" or not perf_off else None
     if taker != want:
         return Verdict(False, f"{obs.cause}; {taker or 'no detector'} took over, expected "
@@ -448,9 +456,7 @@ def lost(obs: Lost, events: list[Event], spec, known: dict) -> Verdict:
         return Verdict(False, f"{obs.cause}; {taker or 'no detector'} took over but "
                        f"nmi_watchdog reads {obs.nmi_watchdog!r} and writing it "
                        f"{'works' if obs.rewritable else 'fails'}", m)
-    bad = [e for e in of_kinds(before, BAD_KINDS + LOCKUP_KINDS)
-           if not (e.kind == EventKind.DMAR_FAULT
-                   and ("0x25" in e.text or "fault status" in e.text))]
+    bad = unexpected(before)
     if bad:
         return Verdict(False, f"{obs.cause}; meanwhile: {describe(bad)}", m)
     head = (f"{obs.cause}; '{off.title}', then {taker or 'no detector'} took over"
