@@ -299,6 +299,9 @@ def test_a_blocked_channel_must_fault_give_up_and_say_so_in_nmi_watchdog():
     assert "restarts (expected none, and at least one)" in judge({**obs, "restarts": 0}).reason
     no_fault = "\n".join(l for l in text.split("\n") if "fault reason 0x25" not in l)
     assert "no fault 25h" in judge(obs, no_fault).reason
+    # on a kernel preferring buddy, buddy must have taken over
+    v = dv.irq_path(dv.IrqPath.from_dict(obs), events, text, spec.with_(flavour="buddy-fallback"))
+    assert not v.passed and "nothing took over, expected buddy" in v.reason
 
 
 def test_a_declined_detector_must_take_no_channel():
